@@ -1,0 +1,156 @@
+"""IDRP: invertible dimensionality reduction with a learnable auxiliary predictor.
+
+Follows MemoryTransit (Sec. 3): an invertible flow f maps a flattened item x (d values) to
+z = f(x); the first m values z_comp are the stored code, the other d - m (z_aux) are dropped and
+predicted back by g(z_comp), so x_hat = f^-1([z_comp, g(z_comp)]). f and g train jointly on the
+reconstruction error. Beyond the paper, f starts with a fixed PCA rotation (`fit_pca`), so the
+untrained model reproduces PCA at the same m exactly and training can only start from there.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import IDRPConfig
+from model.flow import InvertibleNet, SwiGLU
+
+
+class IDRP(nn.Module):
+    code_scales: Tensor
+
+    def __init__(self, config: IDRPConfig) -> None:
+        super().__init__()
+        self.config = config
+        d, m = config.d, config.m
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(config.seed)  # initial weights from the config's seed ...
+        try:
+            self.flow = InvertibleNet(
+                d, config.n_layers, config.hidden, config.n_blocks, config.clamp, config.seed
+            )
+            g_out = SwiGLU(config.predictor_hidden, config.predictor_hidden, d - m)
+            self.predictor = nn.Sequential(nn.Linear(m, config.predictor_hidden), g_out)
+        finally:
+            torch.random.set_rng_state(generator_state)  # ... without touching the global RNG
+        # g starts at zero: the predicted z_aux is the training mean (0 after centring), as PCA.
+        nn.init.zeros_(g_out.w_out.weight)
+        nn.init.zeros_(g_out.w_out.bias)
+        # Per-dimension scale for int8 bank storage: code / scale is rounded into [-127, 127].
+        self.register_buffer("code_scales", torch.ones(m))
+        self.fingerprint = ""  # set by checkpoint.load_idrp
+        self.name = ""
+        self.info: dict[str, object] = {}  # training facts from the weights file
+
+    @property
+    def device(self) -> torch.device:
+        return self.code_scales.device
+
+    # ----------------------------------------------------------------------------------------
+    # the paper's maps
+
+    def split(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return z[:, : self.config.m], z[:, self.config.m :]
+
+    def forward_codes(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B, ...) -> (z_comp (B, m), z_aux (B, d - m)), with gradients."""
+        z, _ = self.flow(x.reshape(x.shape[0], -1))  # (B, d)
+        return self.split(z)
+
+    def reconstruct_from(self, z_comp: Tensor) -> Tensor:
+        """z_comp (B, m) -> x_hat (B, d) = f^-1([z_comp, g(z_comp)]), with gradients."""
+        z_aux = self.predictor(z_comp)  # (B, d - m)
+        x_hat, _ = self.flow.inverse(torch.cat([z_comp, z_aux], dim=1))
+        return x_hat
+
+    def _check_items(self, x: Tensor) -> Tensor:
+        x = x.reshape(x.shape[0], -1) if x.dim() > 2 else x
+        if x.dim() != 2 or x.shape[1] != self.config.d:
+            raise ValueError(
+                f"expected items of {self.config.d} values, got shape {tuple(x.shape)}"
+            )
+        return x.to(device=self.device, dtype=self.code_scales.dtype)
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """Items (B, d) or (B, *shape) -> codes z_comp (B, m)."""
+        z_comp, _ = self.forward_codes(self._check_items(x))
+        return z_comp
+
+    @torch.no_grad()
+    def decode(self, z_comp: Tensor) -> Tensor:
+        """Codes (B, m) -> reconstructions (B, d)."""
+        if z_comp.dim() != 2 or z_comp.shape[1] != self.config.m:
+            raise ValueError(f"expected codes of {self.config.m} values, got {tuple(z_comp.shape)}")
+        return self.reconstruct_from(z_comp.to(device=self.device, dtype=self.code_scales.dtype))
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+    def loss(self, x: Tensor, aux_weight: float = 0.0) -> tuple[Tensor, dict[str, float]]:
+        """Reconstruction MSE (+ aux_weight * MSE of g's z_aux prediction), for training."""
+        x = x.reshape(x.shape[0], -1)
+        z_comp, z_aux = self.forward_codes(x)
+        recon = F.mse_loss(self.reconstruct_from(z_comp), x)
+        total = recon
+        aux = torch.zeros((), device=x.device)
+        if aux_weight > 0:
+            aux = F.mse_loss(self.predictor(z_comp), z_aux)
+            total = total + aux_weight * aux
+        return total, {"recon": recon.item(), "aux": aux.item()}
+
+    def predictor_loss(self, x: Tensor) -> Tensor:
+        """MSE of g(z_comp) against z_aux with f frozen: the paper's pre-training phase for g."""
+        with torch.no_grad():
+            z_comp, z_aux = self.forward_codes(x.reshape(x.shape[0], -1))
+        return F.mse_loss(self.predictor(z_comp), z_aux)
+
+    # ----------------------------------------------------------------------------------------
+    # data-dependent set-up
+
+    @torch.no_grad()
+    def fit_pca(self, x: Tensor) -> None:
+        """Set f's linear map to the PCA rotation of x (B, d), ordered so that, while every
+        coupling is the identity, z_comp holds the top-m principal components in order.
+
+        The map is scaled by one scalar so the codes have unit mean variance per dimension.
+        """
+        x64 = x.reshape(x.shape[0], -1).to(torch.float64)
+        mean = x64.mean(dim=0)  # (d,)
+        _, sv, vh = torch.linalg.svd(x64 - mean, full_matrices=True)  # vh (d, d), rows = PCs
+        total_var = (sv**2).sum() / max(x64.shape[0] - 1, 1)
+        scale = (total_var / self.config.d).sqrt().clamp_min(1e-12)
+        order = self.flow.output_order().cpu()  # z[:, j] = u[:, order[j]]
+        weight = torch.empty_like(vh)
+        weight[order] = vh / scale  # u[:, order[j]] = j-th principal component
+        self.flow.linear.set(mean.to(self.device), weight.to(self.device))
+
+    @torch.no_grad()
+    def calibrate_code_scales(self, x: Tensor, batch_size: int = 1024) -> None:
+        """Per-dimension int8 scales: max |z_comp| over the items x, divided by 127."""
+        peak = torch.zeros(self.config.m, device=self.device)
+        for i in range(0, x.shape[0], batch_size):
+            peak = torch.maximum(peak, self.encode(x[i : i + batch_size]).abs().amax(dim=0))
+        self.code_scales.copy_(peak.clamp_min(1e-8) / 127.0)
+
+
+def perturb_(model: nn.Module, scale: float = 0.1, seed: int = 0) -> nn.Module:
+    """Add seeded noise to every parameter, so couplings and g are not the identity / zero."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            noise = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+            p.add_(scale * noise.to(p.device))
+    return model
+
+
+def tiny_idrp(d: int = 64, m: int = 16, seed: int = 0, **overrides: int | float) -> IDRP:
+    """A small IDRP with perturbed (non-identity) weights, for tests: no training needed."""
+    cfg = {"n_layers": 2, "hidden": 32, "n_blocks": 1, "predictor_hidden": 32, **overrides}
+    model = IDRP(IDRPConfig(d=d, m=m, seed=seed, **cfg))  # type: ignore[arg-type]
+    perturb_(model, seed=seed)
+    model.fingerprint = f"tiny-{d}-{m}-{seed}"
+    model.name = "tiny"
+    return model.eval()

@@ -1,0 +1,229 @@
+"""Train an IDRP codec: `python -m model.train --data digits --m 16 --name digits-m16`.
+
+Seeded; a validation split carved from the training items (never the test items) picks the
+best epoch; writes weights/<name>.safetensors with the config and the training facts inside.
+Optional: the paper's predictor pre-training phase (g alone, f frozen) before joint training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model import data as datasets
+from model.checkpoint import save_idrp
+from model.config import IDRPConfig
+from model.idrp import IDRP
+
+
+def random_shift(
+    x: torch.Tensor, shape: tuple[int, ...], max_shift: int, g: torch.Generator
+) -> torch.Tensor:
+    """Shift each 2-D item by up to max_shift pixels (zero fill): cheap augmentation."""
+    if max_shift == 0 or len(shape) != 2:
+        return x
+    b = x.shape[0]
+    h, w = shape
+    p = max_shift
+    padded = torch.nn.functional.pad(x.view(b, 1, h, w), (p, p, p, p))
+    dy = torch.randint(0, 2 * p + 1, (b,), generator=g)
+    dx = torch.randint(0, 2 * p + 1, (b,), generator=g)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, :, None]  # (B, h, 1)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, :]  # (B, 1, w)
+    out = padded[torch.arange(b)[:, None, None], 0, rows, cols]  # (B, h, w)
+    return out.reshape(b, h * w)
+
+
+def random_affine(
+    x: torch.Tensor, shape: tuple[int, ...], strength: float, g: torch.Generator
+) -> torch.Tensor:
+    """Small random rotation / scale / sub-pixel shift of each 2-D item (bilinear resampling).
+
+    strength 1.0 means up to 10 degrees, 10% scale and half a pixel of shift.
+    """
+    if strength == 0 or len(shape) != 2:
+        return x
+    b = x.shape[0]
+    h, w = shape
+    u = (torch.rand(b, 4, generator=g) * 2 - 1) * strength  # (B, 4) in [-s, s]
+    angle = u[:, 0] * torch.pi / 18
+    scale = 1 + 0.1 * u[:, 1]
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [
+            torch.stack([cos, -sin, u[:, 2] / w], dim=1),  # half a pixel = 1/w in [-1, 1] units
+            torch.stack([sin, cos, u[:, 3] / h], dim=1),
+        ],
+        dim=1,
+    )  # (B, 2, 3)
+    grid = torch.nn.functional.affine_grid(theta, [b, 1, h, w], align_corners=False)
+    out = torch.nn.functional.grid_sample(x.view(b, 1, h, w), grid, align_corners=False)
+    return out.reshape(b, h * w).clamp(0, 1)
+
+
+@torch.no_grad()
+def mean_mse(model: IDRP, x: torch.Tensor, batch_size: int = 1024) -> float:
+    model.eval()
+    total = 0.0
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size]
+        total += float(((model.reconstruct(xb).clamp(0, 1) - xb) ** 2).sum())
+    return total / x.numel()
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    cpu = platform.processor() or platform.machine()
+    return f"CPU {cpu}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--data", choices=sorted(datasets.LOADERS), required=True)
+    p.add_argument("--m", type=int, required=True)
+    p.add_argument("--name", help="weights/<name>.safetensors (default <data>-m<m>)")
+    p.add_argument("--out-dir", default="weights")
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-5)
+    p.add_argument("--n-layers", type=int, default=8)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--n-blocks", type=int, default=2)
+    p.add_argument("--predictor-hidden", type=int, default=256)
+    p.add_argument("--clamp", type=float, default=2.0)
+    p.add_argument("--no-pca-init", action="store_true", help="start f from the identity (paper)")
+    p.add_argument("--aux-weight", type=float, default=0.0, help="weight of the z_aux term")
+    p.add_argument("--pretrain-epochs", type=int, default=0, help="paper's g pre-training phase")
+    p.add_argument("--shift", type=int, default=0, help="random shift augmentation, pixels")
+    p.add_argument("--affine", type=float, default=0.0, help="random affine augmentation strength")
+    p.add_argument("--noise", type=float, default=0.0, help="std of Gaussian input noise")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--patience", type=int, default=40, help="epochs without val improvement")
+    p.add_argument("--max-train", type=int, default=0, help="use at most this many train items")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def train(args: argparse.Namespace) -> Path:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    split = datasets.load(args.data)
+    train_np = split.train[: args.max_train] if args.max_train else split.train
+    fit_np, val_np = datasets.train_val_split(train_np, args.val_fraction, args.seed)
+    x_fit, x_val = torch.from_numpy(fit_np), torch.from_numpy(val_np)
+    config = IDRPConfig(
+        d=split.d,
+        m=args.m,
+        n_layers=args.n_layers,
+        hidden=args.hidden,
+        n_blocks=args.n_blocks,
+        predictor_hidden=args.predictor_hidden,
+        clamp=args.clamp,
+        seed=args.seed,
+        pca_init=not args.no_pca_init,
+    )
+    model = IDRP(config)
+    if config.pca_init:
+        model.fit_pca(x_fit)
+    g = torch.Generator().manual_seed(args.seed)
+    start = time.time()
+    init_val = mean_mse(model, x_val)
+
+    if args.pretrain_epochs:
+        opt_g = torch.optim.AdamW(model.predictor.parameters(), lr=args.lr)
+        for _ in tqdm(range(args.pretrain_epochs), desc="pre-train g", file=sys.stderr):
+            model.train()
+            for idx in torch.randperm(len(x_fit), generator=g).split(args.batch_size):
+                opt_g.zero_grad(set_to_none=True)
+                model.predictor_loss(x_fit[idx]).backward()
+                opt_g.step()
+
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = math.ceil(len(x_fit) / args.batch_size)
+    total_steps = args.epochs * steps_per_epoch
+    warmup = min(500, total_steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: (
+            min(1.0, (s + 1) / max(warmup, 1))
+            * 0.5
+            * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+        ),
+    )
+    best = (init_val, 0, {k: v.clone() for k, v in model.state_dict().items()})
+    bar = tqdm(
+        range(1, args.epochs + 1),
+        desc=f"train {args.data} m={args.m}",
+        file=sys.stderr,
+        mininterval=5,
+    )
+    for epoch in bar:
+        model.train()
+        for idx in torch.randperm(len(x_fit), generator=g).split(args.batch_size):
+            xb = random_shift(x_fit[idx], split.shape, args.shift, g)
+            xb = random_affine(xb, split.shape, args.affine, g)
+            if args.noise:
+                xb = (xb + args.noise * torch.randn(xb.shape, generator=g)).clamp(0, 1)
+            loss, parts = model.loss(xb, aux_weight=args.aux_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+        val = mean_mse(model, x_val)
+        if val < best[0]:
+            best = (val, epoch, {k: v.clone() for k, v in model.state_dict().items()})
+        bar.set_postfix(
+            train=f"{parts['recon']:.5f}", val=f"{val:.5f}", best=f"{best[0]:.5f}@{best[1]}"
+        )
+        if epoch - best[1] >= args.patience:
+            break
+    model.load_state_dict(best[2])
+    model.eval()
+    model.calibrate_code_scales(torch.from_numpy(train_np))
+    seconds = time.time() - start
+    name = args.name or f"{args.data}-m{args.m}"
+    out = Path(args.out_dir) / f"{name}.safetensors"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    info = {
+        "data": args.data,
+        "train_items": len(fit_np),
+        "val_items": len(val_np),
+        "test_items_used": 0,
+        "best_epoch": best[1],
+        "epochs_run": epoch,
+        "val_mse_init": init_val,
+        "val_mse_best": best[0],
+        "train_seconds": round(seconds, 1),
+        "hardware": hardware(),
+        "torch": torch.__version__,
+        "command": "python -m model.train " + shlex.join(sys.argv[1:]),
+    }
+    fp = save_idrp(model, out, name=name, info=info)
+    print(json.dumps({"weights": str(out), "fingerprint": fp, **info}, indent=2))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    np.set_printoptions(precision=4)
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
