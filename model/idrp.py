@@ -73,10 +73,34 @@ class IDRP(nn.Module):
         return x.to(device=self.device, dtype=self.code_scales.dtype)
 
     @torch.no_grad()
-    def encode(self, x: Tensor) -> Tensor:
-        """Items (B, d) or (B, *shape) -> codes z_comp (B, m)."""
-        z_comp, _ = self.forward_codes(self._check_items(x))
-        return z_comp
+    def encode(self, x: Tensor, refine_steps: int = 0, refine_lr: float = 0.02) -> Tensor:
+        """Items (B, d) or (B, *shape) -> codes z_comp (B, m).
+
+        refine_steps > 0 follows the one-pass code f(x)[:m] with that many Adam steps on
+        ||decode(z) - x||^2 over z alone (iterative inference, beyond the paper): the decoder is
+        unchanged and the code is still m numbers, but it fits the decoder better on items the
+        model never saw. Each item's steps depend on that item only, so batching changes nothing.
+        """
+        x = self._check_items(x)
+        z_comp, _ = self.forward_codes(x)
+        return self.refine(x, z_comp, refine_steps, refine_lr) if refine_steps else z_comp
+
+    def refine(self, x: Tensor, z_comp: Tensor, steps: int, lr: float = 0.02) -> Tensor:
+        """Minimise ||reconstruct_from(z) - x||^2 over z from z_comp; weights get no gradient."""
+        z = z_comp.detach().clone()
+        m1, m2 = torch.zeros_like(z), torch.zeros_like(z)
+        beta1, beta2, eps = 0.9, 0.999, 1e-8
+        with torch.enable_grad():
+            for step in range(1, steps + 1):
+                z.requires_grad_(True)
+                loss = ((self.reconstruct_from(z) - x) ** 2).sum()
+                (grad,) = torch.autograd.grad(loss, z)
+                z = z.detach()
+                m1.mul_(beta1).add_(grad, alpha=1 - beta1)  # Adam, written out so the weights'
+                m2.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)  # .grad stay untouched
+                step_size = lr * (1 - beta2**step) ** 0.5 / (1 - beta1**step)
+                z.addcdiv_(m1, m2.sqrt().add_(eps), value=-step_size)
+        return z
 
     @torch.no_grad()
     def decode(self, z_comp: Tensor) -> Tensor:
@@ -89,11 +113,18 @@ class IDRP(nn.Module):
     def reconstruct(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))
 
-    def loss(self, x: Tensor, aux_weight: float = 0.0) -> tuple[Tensor, dict[str, float]]:
-        """Reconstruction MSE (+ aux_weight * MSE of g's z_aux prediction), for training."""
+    def loss(
+        self, x: Tensor, aux_weight: float = 0.0, code_noise: float = 0.0
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Reconstruction MSE (+ aux_weight * MSE of g's z_aux prediction), for training.
+
+        code_noise > 0 decodes z_comp + N(0, code_noise^2): the decoder learns to be smooth
+        around each code, which helps held-out items and quantised (int8) codes.
+        """
         x = x.reshape(x.shape[0], -1)
         z_comp, z_aux = self.forward_codes(x)
-        recon = F.mse_loss(self.reconstruct_from(z_comp), x)
+        z_in = z_comp + code_noise * torch.randn_like(z_comp) if code_noise else z_comp
+        recon = F.mse_loss(self.reconstruct_from(z_in), x)
         total = recon
         aux = torch.zeros((), device=x.device)
         if aux_weight > 0:

@@ -16,6 +16,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -112,6 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shift", type=int, default=0, help="random shift augmentation, pixels")
     p.add_argument("--affine", type=float, default=0.0, help="random affine augmentation strength")
     p.add_argument("--noise", type=float, default=0.0, help="std of Gaussian input noise")
+    p.add_argument("--code-noise", type=float, default=0.0, help="std of noise on z_comp")
+    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of weights (0 = off)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--patience", type=int, default=40, help="epochs without val improvement")
     p.add_argument("--max-train", type=int, default=0, help="use at most this many train items")
@@ -166,6 +169,13 @@ def train(args: argparse.Namespace) -> Path:
             * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
         ),
     )
+    ema = (
+        torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema)
+        )
+        if args.ema
+        else None
+    )
     best = (init_val, 0, {k: v.clone() for k, v in model.state_dict().items()})
     bar = tqdm(
         range(1, args.epochs + 1),
@@ -180,15 +190,18 @@ def train(args: argparse.Namespace) -> Path:
             xb = random_affine(xb, split.shape, args.affine, g)
             if args.noise:
                 xb = (xb + args.noise * torch.randn(xb.shape, generator=g)).clamp(0, 1)
-            loss, parts = model.loss(xb, aux_weight=args.aux_weight)
+            loss, parts = model.loss(xb, aux_weight=args.aux_weight, code_noise=args.code_noise)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-        val = mean_mse(model, x_val)
+            if ema is not None:
+                ema.update_parameters(model)
+        scored = model if ema is None else cast(IDRP, ema.module)
+        val = mean_mse(scored, x_val)
         if val < best[0]:
-            best = (val, epoch, {k: v.clone() for k, v in model.state_dict().items()})
+            best = (val, epoch, {k: v.clone() for k, v in scored.state_dict().items()})
         bar.set_postfix(
             train=f"{parts['recon']:.5f}", val=f"{val:.5f}", best=f"{best[0]:.5f}@{best[1]}"
         )

@@ -91,3 +91,15 @@ def test_augmentations_keep_shape_and_range() -> None:
     for out in (random_shift(x, (8, 8), 1, g), random_affine(x, (8, 8), 1.0, g)):
         assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
     assert torch.equal(random_affine(x, (8, 8), 0.0, g), x)
+
+
+def test_refined_codes_fit_better_and_batching_changes_nothing() -> None:
+    model = tiny_idrp(d=16, m=4)
+    x = torch.rand(6, 16)
+    z0, z = model.encode(x), model.encode(x, refine_steps=20)
+    err0 = ((model.decode(z0) - x) ** 2).sum(dim=1)
+    err = ((model.decode(z) - x) ** 2).sum(dim=1)
+    assert (err < err0).all()
+    one_by_one = torch.cat([model.encode(x[i : i + 1], refine_steps=20) for i in range(6)])
+    assert torch.allclose(one_by_one, z, atol=1e-5)
+    assert all(p.grad is None for p in model.parameters())
