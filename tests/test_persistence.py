@@ -1,0 +1,390 @@
+"""Recovery = newest valid snapshot + WAL replay gives the live bank's state back; refusals
+when that would lose data; allow_fresh moves the files aside."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.memory import MemoryBank
+from service.persistence import Persistence, Recovery, RecoveryError
+from service.store import snapshot_name
+from service.wal import DiskFullError, WriteAheadLog
+
+FP = "model-fingerprint-a"
+CAP, M = 32, 8
+
+
+def make_bank(dtype: str = "float32") -> Callable[[], MemoryBank]:
+    scales = torch.full((M,), 0.03) if dtype == "int8" else None
+    return lambda: MemoryBank(CAP, M, dtype=dtype, scales=scales, initial_count=1)
+
+
+def open_(folder: Path, dtype: str = "float32", **kw: object) -> tuple[Persistence, Recovery]:
+    p = Persistence(folder, **kw)  # type: ignore[arg-type]
+    return p, p.recover(make_bank(dtype), fingerprint=FP, capacity=CAP, m=M)
+
+
+class Engine:
+    """What service/engine.py does: log under the lock before mutating; `shadow` replays only
+    the logged mutations since the last snapshot, i.e. the state recovery must give back."""
+
+    def __init__(self, p: Persistence, bank: MemoryBank, seed: int = 0) -> None:
+        self.p, self.bank = p, bank
+        self.lock = threading.Lock()
+        self.g = torch.Generator().manual_seed(seed)
+        self.shadow = self._copy(bank)
+
+    def _copy(self, bank: MemoryBank) -> MemoryBank:
+        scales = bank.scales if bank.dtype == "int8" else None
+        c = MemoryBank(bank.capacity, bank.m, dtype=bank.dtype, scales=scales,
+                       initial_count=bank.initial_count)  # fmt: skip
+        c.load_state_dict(bank.state_dict())
+        return c
+
+    def write(self, n: int) -> None:
+        z = torch.randn(n, M, generator=self.g)
+        with self.lock:
+            slots, _ = self.bank.choose_slots(n)
+            self.p.log_write(slots, z)
+            self.bank.assign(slots, z)
+            self.shadow.assign(slots, z)
+
+    def read(self) -> None:
+        with self.lock:
+            self.bank.read(torch.randn(3, M, generator=self.g), top_k=2)  # not logged
+
+    def delete_one(self) -> None:
+        with self.lock:
+            used = torch.nonzero(self.bank.occupied).squeeze(1).tolist()
+            if used:
+                slot = used[len(used) // 2]
+                self.p.log_delete(slot)
+                self.bank.delete(slot)
+                self.shadow.delete(slot)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.p.log_clear()
+            self.bank.clear()
+            self.shadow.clear()
+
+    def capture(self) -> tuple[dict[str, torch.Tensor], int]:
+        with self.lock:
+            state, lsn = self.bank.state_dict(), self.p.last_lsn
+            self.shadow = self._copy(self.bank)
+            return state, lsn
+
+    def snapshot(self) -> int:
+        state, lsn = self.capture()
+        self.p.snapshot(state, lsn)
+        return lsn
+
+    def workload(self, steps: int) -> None:
+        for i in range(steps):
+            k = i % 7
+            if k in (0, 2, 4):
+                self.write(1 + i % 3)
+            elif k in (1, 5):
+                self.read()
+            elif k == 3:
+                self.delete_one()
+            elif i % 50 == 6:
+                self.clear()
+            else:
+                self.write(CAP // 3)  # enough to evict
+
+
+def state(bank: MemoryBank) -> dict[str, torch.Tensor]:
+    return bank.state_dict()
+
+
+def assert_recovered(rec: Recovery, eng: Engine) -> None:
+    """Codes and occupancy exactly the live bank's; every tensor exactly the shadow's (the
+    live bank's counters may be ahead by the reads since the last snapshot)."""
+    got, live, shadow = state(rec.bank), state(eng.bank), state(eng.shadow)
+    assert torch.equal(got["codes"], live["codes"])
+    assert torch.equal(got["occupied"], live["occupied"])
+    for key in shadow:
+        assert torch.equal(got[key], shadow[key]), key
+    assert rec.last_lsn == eng.p.last_lsn
+
+
+def crash(p: Persistence) -> None:
+    """Let go of the folder without a final snapshot (the WAL is already on disk)."""
+    p.close()
+
+
+def test_fresh_folder_starts_empty(tmp_path: Path) -> None:
+    p, rec = open_(tmp_path / "data")
+    assert rec.snapshot is None and rec.replayed == 0 and rec.warnings == []
+    assert rec.bank.used == 0 and rec.bank.initial_count == 1 and p.last_lsn == 0
+    p.close()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+@pytest.mark.parametrize("fsync", ["always", "everysec", "off"])
+def test_recovery_gives_back_the_live_state(tmp_path: Path, dtype: str, fsync: str) -> None:
+    p, rec = open_(tmp_path, dtype, fsync=fsync)
+    eng = Engine(p, rec.bank)
+    eng.workload(40)
+    eng.snapshot()
+    eng.workload(40)
+    eng.snapshot()
+    eng.workload(33)  # after the last snapshot: only in the WAL
+    crash(p)
+    p2, rec2 = open_(tmp_path, dtype, fsync=fsync)
+    assert rec2.snapshot is not None and rec2.replayed > 0 and rec2.warnings == []
+    assert rec2.replayed == p.last_lsn - rec2.snapshot.lsn
+    assert rec2.bank.dtype == dtype
+    assert_recovered(rec2, eng)
+    # ...and it goes on: new LSNs continue, and a second recovery agrees again.
+    eng2 = Engine(p2, rec2.bank, seed=1)
+    eng2.shadow = eng.shadow
+    eng2.workload(20)
+    crash(p2)
+    _, rec3 = open_(tmp_path, dtype)
+    assert_recovered(rec3, eng2)
+
+
+def test_recovery_without_any_snapshot_replays_the_whole_log(tmp_path: Path) -> None:
+    p, rec = open_(tmp_path)
+    eng = Engine(p, rec.bank)
+    eng.workload(30)
+    crash(p)
+    _, rec2 = open_(tmp_path)
+    assert rec2.snapshot is None and rec2.replayed == p.last_lsn
+    assert_recovered(rec2, eng)
+
+
+def test_snapshot_in_a_thread_while_writes_go_on(tmp_path: Path) -> None:
+    p, rec = open_(tmp_path, keep=2)
+    eng = Engine(p, rec.bank)
+    for _ in range(5):
+        eng.workload(10)
+        snap_state, lsn = eng.capture()
+        t = threading.Thread(target=p.snapshot, args=(snap_state, lsn))
+        t.start()
+        eng.workload(15)  # concurrent with the save and the WAL truncation
+        t.join()
+    crash(p)
+    _, rec2 = open_(tmp_path, keep=2)
+    assert rec2.snapshot is not None and rec2.snapshot.lsn == lsn
+    assert_recovered(rec2, eng)
+
+
+def test_wal_keeps_what_the_kept_snapshots_need(tmp_path: Path) -> None:
+    p, rec = open_(tmp_path, keep=2)
+    eng = Engine(p, rec.bank)
+    eng.workload(10)
+    first = eng.snapshot()
+    assert p.stats()["wal_records"] == p.last_lsn  # one snapshot < keep: nothing dropped
+    eng.workload(10)
+    second = eng.snapshot()
+    assert p._wal is not None and p._wal.base_lsn == first  # the oldest kept one
+    eng.workload(10)
+    third = eng.snapshot()
+    assert p._wal.base_lsn == second and p._store is not None
+    assert p._store.lsns() == [third, second]
+    p.close()
+
+
+def test_damaged_newest_snapshot_falls_back_without_loss(tmp_path: Path) -> None:
+    p, rec = open_(tmp_path)
+    eng = Engine(p, rec.bank)
+    for _ in range(3):
+        eng.workload(15)
+        newest = eng.snapshot()
+    eng.workload(10)
+    crash(p)
+    path = tmp_path / snapshot_name(newest)
+    path.write_bytes(path.read_bytes()[:-10])
+    _, rec2 = open_(tmp_path)
+    assert rec2.snapshot is not None and rec2.snapshot.lsn < newest
+    assert any(w.startswith(f"skipped snapshot {path.name}: ") for w in rec2.warnings)
+    # Counters: the fallback replays from an older state, so compare codes and occupancy.
+    got, live = state(rec2.bank), state(eng.bank)
+    assert torch.equal(got["codes"], live["codes"])
+    assert torch.equal(got["occupied"], live["occupied"])
+
+
+def test_all_snapshots_bad_with_a_trimmed_wal_is_refused_then_allow_fresh(tmp_path: Path) -> None:
+    p, rec = open_(tmp_path, keep=2)
+    eng = Engine(p, rec.bank)
+    for _ in range(3):
+        eng.workload(10)
+        eng.snapshot()
+    crash(p)
+    names = sorted(x.name for x in tmp_path.glob("snap-*"))
+    for name in names:
+        f = tmp_path / name
+        f.write_bytes(f.read_bytes()[:50])
+    before = {x.name: x.read_bytes() for x in tmp_path.iterdir()}
+    with pytest.raises(RecoveryError) as err:
+        open_(tmp_path, keep=2)
+    msg = str(err.value)
+    assert msg.startswith(f"cannot recover the bank from {tmp_path} without losing data: ")
+    for name in names:
+        assert f"{name}: snapshot {tmp_path / name} is truncated" in msg
+    assert msg.endswith(
+        "set MT_ALLOW_FRESH=1 (allow_fresh=True) to move them aside and start empty."
+    )
+    assert {x.name: x.read_bytes() for x in tmp_path.iterdir()} == before  # nothing touched
+
+    p3, rec3 = open_(tmp_path, keep=2, allow_fresh=True)
+    assert rec3.bank.used == 0 and rec3.snapshot is None
+    assert "started with an empty bank (allow_fresh)" in rec3.warnings[0]
+    (quarantine,) = tmp_path.glob("quarantine-*")
+    moved = {x.name: x.read_bytes() for x in quarantine.iterdir()}
+    assert moved == {k: v for k, v in before.items() if k != "LOCK"}
+    assert p3.log_clear() == 1
+    p3.close()
+
+
+def test_all_snapshots_bad_but_the_wal_is_whole_rebuilds_from_it(tmp_path: Path) -> None:
+    p, rec = open_(tmp_path, keep=3)
+    eng = Engine(p, rec.bank)
+    eng.workload(20)
+    lsn = eng.snapshot()  # one generation < keep: the WAL still starts at lsn 0
+    eng.workload(20)
+    crash(p)
+    (tmp_path / snapshot_name(lsn)).write_bytes(b"garbage")
+    _, rec2 = open_(tmp_path, keep=3)
+    assert rec2.snapshot is None and rec2.replayed == p.last_lsn
+    assert "rebuilt the bank from the whole wal.log" in rec2.warnings[0]
+    got, live = state(rec2.bank), state(eng.bank)
+    assert torch.equal(got["codes"], live["codes"])
+    assert torch.equal(got["occupied"], live["occupied"])
+
+
+def test_missing_snapshots_behind_a_trimmed_wal_are_refused(tmp_path: Path) -> None:
+    p, rec = open_(tmp_path, keep=1)
+    eng = Engine(p, rec.bank)
+    eng.workload(10)
+    lsn = eng.snapshot()
+    eng.workload(5)
+    crash(p)
+    (tmp_path / snapshot_name(lsn)).unlink()
+    with pytest.raises(RecoveryError, match=rf"mutations 1..{lsn} are in no readable file"):
+        open_(tmp_path, keep=1)
+
+
+def test_crash_between_snapshot_and_wal_truncation_does_not_apply_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p, rec = open_(tmp_path, keep=1)
+    eng = Engine(p, rec.bank)
+    eng.workload(20)
+    eng.snapshot()
+    eng.workload(20)
+
+    def crash_before_truncating(self: WriteAheadLog, lsn: int) -> int:
+        raise SystemExit("killed after the snapshot's rename")
+
+    monkeypatch.setattr(WriteAheadLog, "truncate_through", crash_before_truncating)
+    with pytest.raises(SystemExit):
+        eng.snapshot()
+    monkeypatch.undo()
+    eng.workload(9)
+    crash(p)
+    _, rec2 = open_(tmp_path, keep=1)
+    assert rec2.snapshot is not None
+    assert rec2.replayed == p.last_lsn - rec2.snapshot.lsn  # older records skipped by LSN
+    assert_recovered(rec2, eng)  # counters (writes, evictions, tick) exact: nothing twice
+
+
+def test_wal_of_another_model_is_refused(tmp_path: Path) -> None:
+    p, rec = open_(tmp_path)
+    Engine(p, rec.bank).workload(5)
+    p.close()
+    other = Persistence(tmp_path)
+    with pytest.raises(RecoveryError, match=r"wal\.log was written for model model-fingerprint-a"):
+        other.recover(make_bank(), fingerprint="model-b", capacity=CAP, m=M)
+    fresh = Persistence(tmp_path, allow_fresh=True)
+    rec2 = fresh.recover(make_bank(), fingerprint="model-b", capacity=CAP, m=M)
+    assert rec2.bank.used == 0 and len(list(tmp_path.glob("quarantine-*/wal.log"))) == 1
+    fresh.close()
+
+
+def test_corrupt_middle_of_the_wal_is_refused_naming_the_offset(tmp_path: Path) -> None:
+    p, rec = open_(tmp_path)
+    Engine(p, rec.bank).workload(6)
+    assert p._wal is not None
+    off = p._wal._offsets[2]
+    p.close()
+    wal = tmp_path / "wal.log"
+    data = bytearray(wal.read_bytes())
+    data[off + 20] ^= 0x01
+    wal.write_bytes(bytes(data))
+    with pytest.raises(RecoveryError, match=rf"wal.log: bad record at byte {off} \(after lsn 2\)"):
+        open_(tmp_path)
+
+
+def test_torn_wal_tail_is_reported(tmp_path: Path) -> None:
+    p, rec = open_(tmp_path)
+    eng = Engine(p, rec.bank)
+    eng.workload(6)
+    crash(p)
+    with open(tmp_path / "wal.log", "ab") as f:
+        f.write(b"\xa7\x01\x40\x00")  # the start of a record the crash interrupted
+    _, rec2 = open_(tmp_path)
+    assert any("dropped a torn last record" in w for w in rec2.warnings)
+    assert_recovered(rec2, eng)
+
+
+def test_missing_wal_starts_a_new_one_after_the_snapshot(tmp_path: Path) -> None:
+    p, rec = open_(tmp_path)
+    eng = Engine(p, rec.bank)
+    eng.workload(10)
+    lsn = eng.snapshot()
+    crash(p)
+    (tmp_path / "wal.log").unlink()
+    p2, rec2 = open_(tmp_path)
+    assert any("wal.log was missing" in w for w in rec2.warnings)
+    assert p2.last_lsn == lsn and p2.log_clear() == lsn + 1  # LSNs never go back
+    p2.close()
+
+
+def test_one_process_per_folder(tmp_path: Path) -> None:
+    p, _ = open_(tmp_path)
+    with pytest.raises(Exception, match="another process is using the snapshot folder"):
+        open_(tmp_path)
+    p.close()
+    p2, _ = open_(tmp_path)  # released by close
+    p2.close()
+
+
+def test_failed_log_write_leaves_the_bank_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p, rec = open_(tmp_path)
+    eng = Engine(p, rec.bank)
+    eng.workload(5)
+    before = state(eng.bank)
+
+    def full(*args: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.pwrite", full)
+    with pytest.raises(DiskFullError):
+        eng.write(2)  # the engine pattern: log first, then assign
+    monkeypatch.undo()
+    after = state(eng.bank)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    p.close()
+
+
+def test_snapshot_lsn_is_checked(tmp_path: Path) -> None:
+    p, rec = open_(tmp_path)
+    eng = Engine(p, rec.bank)
+    eng.workload(5)
+    with pytest.raises(ValueError, match=r"expected lsn in \[0, \d+\]"):
+        p.snapshot(rec.bank.state_dict(), p.last_lsn + 1)
+    eng.snapshot()
+    with pytest.raises(ValueError, match="the last snapshot's"):
+        p.snapshot(rec.bank.state_dict(), 1)
+    p.close()

@@ -1,0 +1,411 @@
+"""The write-ahead log: round trip, torn tails, corruption, fsync policies, full disks,
+truncation under concurrent appends. Real files in tmp_path; a real full disk on a tiny tmpfs
+when the tests run as root."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from service import wal as wal_module
+from service.wal import (
+    DiskFullError,
+    PersistenceError,
+    WalCorruptError,
+    WalFingerprintError,
+    WriteAheadLog,
+)
+
+FP = "model-fingerprint-a"
+
+
+@contextlib.contextmanager
+def tiny_disk(where: Path, size: str = "64k") -> Iterator[Path]:
+    """A real tmpfs of `size` mounted at where/disk (root only; the test is skipped otherwise)."""
+    mount = where / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tiny tmpfs needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the file system of folder up to the last byte; returns the filler file."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 4096)
+    return filler
+
+
+def codes(n: int, m: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, m, generator=g)
+
+
+def populate(path: Path, **kw: object) -> list[tuple[int, int]]:
+    """Write, delete, write, clear, write; returns (lsn, byte offset) of each record."""
+    with WriteAheadLog(path, fingerprint=FP, **kw) as w:  # type: ignore[arg-type]
+        w.append_write([0, 1, 2], codes(3, 4, 0))
+        w.append_delete(1)
+        w.append_write([5], codes(1, 4, 1))
+        w.append_clear()
+        w.append_write([3, 4], codes(2, 4, 2))
+        return list(zip(w._lsns, w._offsets, strict=True))
+
+
+def lsns(path: Path) -> list[int]:
+    with WriteAheadLog(path, fingerprint=FP) as w:
+        return [r.lsn for r in w.records()]
+
+
+def test_round_trip_keeps_every_field_bit_exact(tmp_path: Path) -> None:
+    path = tmp_path / "wal.log"
+    c0 = codes(3, 4, 0)
+    c0[0, 0] = -0.0  # signed zero and extremes survive: raw float32 bytes, not text
+    c0[1, 1] = 3.4e38
+    c0[2, 2] = 1e-45
+    with WriteAheadLog(path, fingerprint=FP) as w:
+        assert w.created and w.last_lsn == 0 and len(w) == 0
+        assert w.append_write(torch.tensor([7, 0, 9]), c0) == 1
+        assert w.append_delete(9) == 2
+        assert w.append_clear() == 3
+    with WriteAheadLog(path, fingerprint=FP) as w:
+        assert not w.created and w.last_lsn == 3 and w.warnings == []
+        recs = list(w.records())
+        assert w.append_write([1], codes(1, 4, 5)) == 4
+    assert [(r.lsn, r.op) for r in recs] == [(1, "write"), (2, "delete"), (3, "clear")]
+    assert recs[0].slots is not None and recs[0].codes is not None
+    assert recs[0].slots.tolist() == [7, 0, 9] and recs[0].slots.dtype == torch.int64
+    assert recs[0].codes.dtype == torch.float32
+    assert torch.equal(recs[0].codes.view(torch.int32), c0.view(torch.int32))
+    assert recs[1].slot == 9
+    assert lsns(path) == [1, 2, 3, 4]
+
+
+def test_records_after_lsn(tmp_path: Path) -> None:
+    path = tmp_path / "wal.log"
+    populate(path)
+    with WriteAheadLog(path, fingerprint=FP) as w:
+        assert [r.lsn for r in w.records(after_lsn=0)] == [1, 2, 3, 4, 5]
+        assert [r.lsn for r in w.records(after_lsn=3)] == [4, 5]
+        assert [r.lsn for r in w.records(after_lsn=5)] == []
+        assert [r.lsn for r in w.records(after_lsn=99)] == []
+
+
+def test_bad_input_is_refused_and_nothing_logged(tmp_path: Path) -> None:
+    with WriteAheadLog(tmp_path / "wal.log", fingerprint=FP) as w:
+        with pytest.raises(ValueError, match="finite"):
+            w.append_write([0], torch.tensor([[1.0, float("nan")]]))
+        with pytest.raises(ValueError, match=r"shape \(2, m >= 1\)"):
+            w.append_write([0, 1], codes(3, 4, 0))
+        with pytest.raises(ValueError, match="non-empty 1-d"):
+            w.append_write([], torch.zeros(0, 4))
+        with pytest.raises(TypeError, match="int slot"):
+            w.append_delete(1.5)  # type: ignore[arg-type]
+        assert w.last_lsn == 0 and len(w) == 0
+
+
+def test_torn_last_record_is_dropped_at_every_byte_offset(tmp_path: Path) -> None:
+    src = tmp_path / "src.log"
+    index = populate(src)
+    data = src.read_bytes()
+    last_off = index[-1][1]
+    path = tmp_path / "wal.log"
+    for cut in range(last_off, len(data)):
+        path.write_bytes(data[:cut])
+        with WriteAheadLog(path, fingerprint=FP) as w:
+            assert [r.lsn for r in w.records()] == [1, 2, 3, 4], cut
+            assert path.stat().st_size == last_off, cut
+            assert len(w.warnings) == (cut > last_off), cut
+            if cut > last_off:
+                assert f"torn last record at byte {last_off} (after lsn 4)" in w.warnings[0]
+            assert w.append_clear() == 5  # the log goes on after the cut
+        assert lsns(path) == [1, 2, 3, 4, 5]
+
+
+def test_zero_filled_tail_is_dropped(tmp_path: Path) -> None:
+    # What a crash can leave when the file size reached the disk before the data did.
+    path = tmp_path / "wal.log"
+    populate(path)
+    size = path.stat().st_size
+    with open(path, "ab") as f:
+        f.write(b"\0" * 5000)
+    assert lsns(path) == [1, 2, 3, 4, 5]
+    assert path.stat().st_size == size
+
+
+def test_bit_flip_in_a_middle_record_is_corruption_naming_the_offset(tmp_path: Path) -> None:
+    src = tmp_path / "src.log"
+    index = populate(src)
+    data = src.read_bytes()
+    path = tmp_path / "wal.log"
+    # Every byte of records 2..4 (each followed by a valid record), one bit each (rotating).
+    for k in (1, 2, 3):
+        off, end = index[k][1], index[k + 1][1]
+        prev_lsn = index[k - 1][0]
+        for pos in range(off, end):
+            bad = bytearray(data)
+            bad[pos] ^= 1 << (pos % 8)
+            path.write_bytes(bytes(bad))
+            with pytest.raises(WalCorruptError) as err:
+                WriteAheadLog(path, fingerprint=FP)
+            assert f"wal.log: bad record at byte {off} (after lsn {prev_lsn})" in str(err.value)
+            assert path.read_bytes() == bytes(bad)  # nothing dropped
+
+
+def test_bit_flip_in_the_last_record_is_dropped_as_torn(tmp_path: Path) -> None:
+    src = tmp_path / "src.log"
+    index = populate(src)
+    data = src.read_bytes()
+    path = tmp_path / "wal.log"
+    for pos in range(index[-1][1], len(data)):
+        bad = bytearray(data)
+        bad[pos] ^= 0x10
+        path.write_bytes(bytes(bad))
+        with WriteAheadLog(path, fingerprint=FP) as w:
+            assert [r.lsn for r in w.records()] == [1, 2, 3, 4]
+            assert len(w.warnings) == 1
+
+
+def test_damaged_file_header_is_corruption(tmp_path: Path) -> None:
+    src = tmp_path / "src.log"
+    index = populate(src)
+    data = src.read_bytes()
+    path = tmp_path / "wal.log"
+    for pos in range(index[0][1]):
+        bad = bytearray(data)
+        bad[pos] ^= 0x04
+        path.write_bytes(bytes(bad))
+        with pytest.raises(WalCorruptError, match=r"header|not a MemoryTransit"):
+            WriteAheadLog(path, fingerprint=FP)
+
+
+def test_lsn_that_does_not_increase_is_corruption(tmp_path: Path) -> None:
+    path = tmp_path / "wal.log"
+    head = wal_module._encode_header(0, FP)
+
+    def rec(lsn: int) -> bytes:
+        return wal_module._frame(wal_module._PAYLOAD_HEAD.pack(lsn, wal_module.OP_CLEAR))
+
+    path.write_bytes(head + rec(1) + rec(2) + rec(2))
+    with pytest.raises(WalCorruptError, match=r"after lsn 2\): lsn 2 does not increase"):
+        WriteAheadLog(path, fingerprint=FP)
+    path.write_bytes(head + rec(3) + rec(1))
+    with pytest.raises(WalCorruptError, match="lsn 1 does not increase"):
+        WriteAheadLog(path, fingerprint=FP)
+    # The file header's base LSN counts too: a record at or below it is corruption.
+    path.write_bytes(wal_module._encode_header(10, FP) + rec(10))
+    with pytest.raises(WalCorruptError, match="after lsn 10"):
+        WriteAheadLog(path, fingerprint=FP)
+
+
+def test_fingerprint_mismatch_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "wal.log"
+    populate(path)
+    with pytest.raises(WalFingerprintError, match="written for model model-fingerprint-a"):
+        WriteAheadLog(path, fingerprint="model-fingerprint-b")
+
+
+@pytest.mark.parametrize("policy", ["always", "everysec", "off"])
+def test_fsync_policies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str) -> None:
+    calls: list[int] = []
+    real = os.fdatasync
+
+    def counting(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting)
+    path = tmp_path / "wal.log"
+    w = WriteAheadLog(path, fsync=policy, fingerprint=FP)
+    for i in range(5):
+        w.append_write([i], codes(1, 4, i))
+    if policy == "always":
+        assert len(calls) == 5  # one per append, before it returned
+    elif policy == "off":
+        assert calls == []
+    else:
+        assert len(calls) <= 1
+        deadline = time.monotonic() + 3.0
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(calls) >= 1  # the background thread synced within about a second
+    w.close()
+    assert lsns(path) == [1, 2, 3, 4, 5]
+
+
+def test_failed_append_on_a_full_disk_leaves_the_log_unchanged(tmp_path: Path) -> None:
+    with tiny_disk(tmp_path) as disk:
+        path = disk / "wal.log"
+        w = WriteAheadLog(path, fingerprint=FP)
+        w.append_write([0], codes(1, 16, 0))
+        before = path.read_bytes()
+        filler = fill(disk)
+        big = codes(100, 16, 1)  # 6.4 kB: needs pages the disk no longer has
+        for _ in range(3):
+            with pytest.raises(DiskFullError, match="disk full"):
+                w.append_write(list(range(100)), big)
+            assert path.read_bytes() == before
+            assert w.last_lsn == 1
+        filler.unlink()
+        assert w.append_write(list(range(100)), big) == 2
+        w.close()
+        with WriteAheadLog(path, fingerprint=FP) as again:
+            assert [r.lsn for r in again.records()] == [1, 2] and again.warnings == []
+
+
+def test_failed_write_or_fsync_is_undone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Faults a tmpfs cannot produce: a short write followed by ENOSPC, and an fsync EIO.
+    path = tmp_path / "wal.log"
+    w = WriteAheadLog(path, fingerprint=FP)
+    w.append_clear()
+    before = path.read_bytes()
+    real_pwrite = os.pwrite
+    state = {"calls": 0}
+
+    def short_then_full(fd: int, data: bytes, offset: int) -> int:
+        state["calls"] += 1
+        if state["calls"] == 1:
+            return real_pwrite(fd, bytes(data)[:7], offset)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", short_then_full)
+    with pytest.raises(DiskFullError):
+        w.append_write([0, 1], codes(2, 4, 0))
+    monkeypatch.setattr(os, "pwrite", real_pwrite)
+    assert path.read_bytes() == before and w.last_lsn == 1
+
+    def eio(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", eio)
+    with pytest.raises(PersistenceError, match="Input/output error") as err:
+        w.append_clear()
+    assert not isinstance(err.value, DiskFullError)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and w.last_lsn == 1
+    assert w.append_clear() == 2
+    w.close()
+    assert lsns(path) == [1, 2]
+
+
+def test_everysec_fsync_failure_refuses_later_appends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = WriteAheadLog(tmp_path / "wal.log", fsync="everysec", fingerprint=FP)
+    w.append_clear()
+
+    def eio(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", eio)
+    w.sync()
+    with pytest.raises(PersistenceError, match="refuses writes until restart: fsync failed"):
+        w.append_clear()
+    w.close()
+
+
+def test_truncate_through_keeps_later_records_and_the_lsn_sequence(tmp_path: Path) -> None:
+    path = tmp_path / "wal.log"
+    populate(path)
+    with WriteAheadLog(path, fingerprint=FP) as w:
+        assert w.truncate_through(3) == 3
+        assert w.base_lsn == 3 and [r.lsn for r in w.records()] == [4, 5]
+        assert w.truncate_through(2) == 0  # already dropped
+        assert w.truncate_through(5) == 2
+        assert len(w) == 0 and w.last_lsn == 5
+    with WriteAheadLog(path, fingerprint=FP) as w:  # the base survives an empty log
+        assert w.base_lsn == 5 and w.last_lsn == 5
+        assert w.append_clear() == 6
+        assert w.truncate_through(9) == 1  # beyond the last: later LSNs start above it
+        assert w.append_clear() == 10
+    assert lsns(path) == [10]
+    assert not (tmp_path / ".wal.log.tmp").exists()
+
+
+def test_truncate_during_concurrent_appends_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "wal.log"
+    w = WriteAheadLog(path, fsync="off", fingerprint=FP)
+    stop = threading.Event()
+    done: list[int] = []
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set() or i < 200:
+            done.append(w.append_write([i % 50], codes(1, 8, i)))
+            i += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    cuts = []
+    for _ in range(20):
+        time.sleep(0.002)
+        cut = w.last_lsn
+        w.truncate_through(cut)
+        cuts.append(cut)
+    stop.set()
+    t.join()
+    assert [r.lsn for r in w.records()] == [x for x in done if x > cuts[-1]]
+    w.close()
+    assert lsns(path) == [x for x in done if x > cuts[-1]]
+    assert done == list(range(1, len(done) + 1))
+
+
+def test_truncate_failure_leaves_the_log(tmp_path: Path) -> None:
+    with tiny_disk(tmp_path) as disk:
+        path = disk / "wal.log"
+        w = WriteAheadLog(path, fingerprint=FP)
+        for i in range(3):
+            w.append_write(list(range(100)), codes(100, 16, i))  # 3 x 6.4 kB
+        before = path.read_bytes()
+        filler = fill(disk)
+        with pytest.raises(DiskFullError):
+            w.truncate_through(1)  # the copy of records 2..3 does not fit
+        assert path.read_bytes() == before and w.base_lsn == 0
+        assert not (disk / ".wal.log.tmp").exists()
+        filler.unlink()
+        assert w.append_clear() == 4
+        w.close()
+        assert lsns(path) == [1, 2, 3, 4]
+
+
+def test_repair_cuts_at_the_first_bad_record_and_keeps_a_copy(tmp_path: Path) -> None:
+    path = tmp_path / "wal.log"
+    index = populate(path)
+    bad = bytearray(path.read_bytes())
+    bad[index[2][1] + 12] ^= 0xFF
+    path.write_bytes(bytes(bad))
+    with pytest.raises(WalCorruptError):
+        WriteAheadLog(path, fingerprint=FP)
+    assert WriteAheadLog.repair(path) == len(bad) - index[2][1]
+    assert lsns(path) == [1, 2]
+    (backup,) = tmp_path.glob("wal.log.corrupt-*")
+    assert backup.read_bytes() == bytes(bad)
+
+
+def test_closed_log_refuses_appends(tmp_path: Path) -> None:
+    w = WriteAheadLog(tmp_path / "wal.log", fingerprint=FP)
+    w.close()
+    w.close()  # idempotent
+    with pytest.raises(PersistenceError, match="closed"):
+        w.append_clear()
