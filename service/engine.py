@@ -1,0 +1,649 @@
+"""The serving engine: IDRP codec + MemoryBank + lock + persistence, with no HTTP in sight.
+
+    engine = Engine(settings)
+    await engine.start()         # load weights strictly, recover the bank (snapshot + WAL)
+    await engine.write(items, mode="mean")
+    await engine.read(queries, top_k=1, min_score=None, reconstruct=True)
+    await engine.stop()          # drain reads, snapshot on shutdown, close the WAL
+
+Threads. Every piece of torch work runs on one dedicated thread ("mt-torch"), never on the
+event loop, so the loop keeps answering /healthz and queueing requests while a batch runs.
+Snapshot files are written on a second thread ("mt-snapshot") from a copy of the state, so a
+slow disk does not hold up reads or writes. The bank lock (a threading.Lock) guards the bank and
+the WAL; encoding and decoding happen outside it.
+
+Writes: check shapes -> encode (outside the lock) -> under the lock: bank.choose_slots ->
+persistence.log_write(slots, codes) -> bank.assign. A failed WAL append raises
+PersistenceError / DiskFullError before the bank changes.
+
+Reads are micro-batched: concurrent requests wait in a queue; one worker takes what is queued
+(up to MT_BATCH_MAX queries, waiting at most MT_BATCH_WAIT_MS for more) and answers all of it
+with ONE encode, one bank.read per distinct (top_k, min_score) (usually one) and ONE decode.
+The bank counts accesses sequentially within a batch, in queue order, so the slots and counts
+are exactly those of the same requests made one at a time in that order. Floats can differ in
+the last bits: CPU BLAS sums a one-row matrix product in another order than a many-row one
+(about 1e-6 relative on the test model); scores are recomputed per (query, slot) pair by the
+bank and do not depend on the batch.
+
+Errors are domain errors: InvalidInput (a ValueError) for bad input, SlotNotFound,
+PersistenceError / DiskFullError, NotReady. service/errors.py turns them into HTTP answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor
+
+from model.checkpoint import load_idrp
+from model.errors import MemoryTransitError
+from model.idrp import IDRP
+from model.memory import MemoryBank
+from service.persistence import Persistence, Recovery, SnapshotInfo
+from service.settings import Settings
+
+log = logging.getLogger("service.engine")
+
+T = TypeVar("T")
+Rows = Sequence[Sequence[float]] | Tensor
+State = Literal["created", "starting", "ready", "stopping", "stopped", "failed"]
+FLOAT16_MAX = 65504.0
+
+
+class NotReady(MemoryTransitError):
+    """The engine is starting, stopping or failed to start: try again later."""
+
+
+class InvalidInput(MemoryTransitError, ValueError):
+    """Input the engine refuses; the message names the item and the problem."""
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    slots: list[int]
+    evicted: list[int]
+    used: int
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One slot found by a read. reconstruction is a float32 array (d,) (orjson writes it as a
+    JSON list in float32's shortest form), None when the read asked for no reconstruction."""
+
+    slot: int
+    score: float
+    count: int
+    reconstruction: NDArray[np.float32] | None
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    """One occupied slot: counters, its code (m,) and the code decoded (d,), float32 arrays."""
+
+    slot: int
+    count: int
+    last_write: int
+    last_access: int
+    code: NDArray[np.float32]
+    reconstruction: NDArray[np.float32]
+
+
+@dataclass
+class _ReadJob:
+    queries: Rows
+    top_k: int
+    min_score: float | None
+    reconstruct: bool
+    future: asyncio.Future[list[list[Hit]]]
+    x: Tensor | None = None  # filled on the torch thread
+    error: Exception | None = None
+    result: list[list[Hit]] = field(default_factory=list)
+
+
+class Engine:
+    """Owns the model, the bank, their lock and the persistence; see the module docstring."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state: State = "created"
+        self.error: str | None = None
+        self.model: IDRP | None = None
+        self.bank: MemoryBank | None = None
+        self.persistence: Persistence | None = None
+        self.recovery: Recovery | None = None
+        self.device = "cpu"
+        self.started_at = time.time()
+        self._lock = threading.Lock()
+        self._torch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mt-torch")
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mt-snapshot")
+        self._pending: deque[_ReadJob] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._batcher: asyncio.Task[None] | None = None
+        self._snapshot_lock: asyncio.Lock | None = None
+        self._changes_since_snapshot = 0  # logged mutations not yet in a snapshot
+        self._tick_at_snapshot = -1  # bank tick in the last snapshot (-1: none this run)
+        self._batches = self._batched_queries = self._largest_batch = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    @property
+    def d(self) -> int:
+        return self._model().config.d
+
+    @property
+    def m(self) -> int:
+        return self._model().config.m
+
+    async def start(self) -> None:
+        """Load the weights and recover the bank (on the torch thread), then serve."""
+        if self.state != "created":
+            raise RuntimeError(f"expected a new engine, got state {self.state!r}")
+        self.state = "starting"
+        self._wakeup = asyncio.Event()
+        self._snapshot_lock = asyncio.Lock()
+        try:
+            await self._run(self._load)
+        except BaseException as e:
+            self.state, self.error = "failed", str(e) or type(e).__name__
+            self._shutdown_threads()
+            raise
+        self._batcher = asyncio.create_task(self._batch_loop(), name="mt-read-batcher")
+        if self.settings.snapshot_every_s > 0:
+            self._spawn(self._periodic_snapshots())
+        self.started_at = time.time()
+        self.state = "ready"
+        log.info("engine ready: %s", self._summary())
+
+    def _load(self) -> None:
+        s = self.settings
+        device = s.resolved_device()
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"MT_DEVICE={s.device} but torch sees no CUDA device")
+        if s.torch_threads:
+            torch.set_num_threads(s.torch_threads)
+        model = load_idrp(s.weights, device=device)
+        scales = model.code_scales.detach().clone() if s.bank_dtype == "int8" else None
+
+        def make_bank() -> MemoryBank:
+            return MemoryBank(
+                s.capacity,
+                model.config.m,
+                device=device,
+                dtype=s.bank_dtype,
+                scales=scales,
+                initial_count=s.initial_count,
+            )
+
+        persistence = Persistence(
+            s.snapshot_dir, fsync=s.wal_fsync, keep=s.snapshot_keep, allow_fresh=s.allow_fresh
+        )
+        recovery = persistence.recover(
+            make_bank,
+            fingerprint=model.fingerprint,
+            capacity=s.capacity,
+            m=model.config.m,
+            device=device,
+        )
+        bank = recovery.bank
+        if bank.dtype != s.bank_dtype:
+            recovery.warnings.append(
+                f"the snapshot's bank stores {bank.dtype} codes, MT_BANK_DTYPE={s.bank_dtype}: "
+                f"kept {bank.dtype} (change the dtype with a fresh snapshot folder)"
+            )
+        if bank.initial_count != s.initial_count:
+            recovery.warnings.append(
+                f"the snapshot's bank has initial_count={bank.initial_count}, "
+                f"MT_INITIAL_COUNT={s.initial_count}: kept {bank.initial_count}"
+            )
+        self.model, self.bank, self.persistence, self.recovery = model, bank, persistence, recovery
+        self.device = str(device)
+        # Replayed WAL records are not in any snapshot yet: mark the bank dirty so the next
+        # periodic or shutdown snapshot saves them and the WAL stops growing across restarts.
+        self._tick_at_snapshot = (
+            bank.tick if recovery.snapshot is not None and not recovery.replayed else -1
+        )
+        self._changes_since_snapshot = recovery.replayed
+
+    async def stop(self) -> None:
+        """Finish queued reads and running writes, snapshot (MT_SNAPSHOT_ON_SHUTDOWN), close."""
+        if self.state != "ready":
+            if self.state in ("created", "failed"):
+                self._shutdown_threads()
+            return
+        self.state = "stopping"
+        assert self._wakeup is not None and self._batcher is not None
+        self._wakeup.set()
+        await self._batcher  # exits once the queue is empty
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._run(lambda: None)  # every write already handed to the torch thread is done
+        if self.settings.snapshot_on_shutdown and self._changed_since_snapshot():
+            try:
+                info = await self._snapshot()
+                log.info("shutdown snapshot %s (%d bytes)", info.path, info.bytes)
+            except Exception:
+                log.exception("shutdown snapshot failed; the WAL still holds every write")
+        if self.persistence is not None:
+            await self._run(self.persistence.close)
+        self._shutdown_threads()
+        self.state = "stopped"
+        log.info("engine stopped")
+
+    def _shutdown_threads(self) -> None:
+        self._torch.shutdown(wait=True)
+        self._io.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _model(self) -> IDRP:
+        if self.model is None:
+            raise NotReady("service is starting: the model is not loaded yet")
+        return self.model
+
+    def _bank(self) -> MemoryBank:
+        if self.bank is None:
+            raise NotReady("service is starting: the bank is not loaded yet")
+        return self.bank
+
+    def _persistence(self) -> Persistence:
+        if self.persistence is None:
+            raise NotReady("service is starting: persistence is not open yet")
+        return self.persistence
+
+    def _check_ready(self) -> None:
+        if self.state != "ready":
+            raise NotReady(
+                "service is starting"
+                if self.state in ("created", "starting")
+                else f"service is not available ({self.state})"
+            )
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._torch, functools.partial(fn, *args))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _check_rows(self, rows: Rows, noun: str) -> None:
+        """Shapes only (cheap, on the caller's thread): B >= 1 rows of d values."""
+        d = self.d
+        if isinstance(rows, Tensor):
+            if rows.dim() != 2 or rows.shape[1] != d or rows.shape[0] < 1:
+                raise InvalidInput(
+                    f"expected {noun}s of shape (B >= 1, {d}), got {tuple(rows.shape)}"
+                )
+            return
+        if len(rows) == 0:
+            raise InvalidInput(f"expected at least one {noun}, got none")
+        for i, row in enumerate(rows):
+            if len(row) != d:
+                raise InvalidInput(f"{noun} {i}: expected {d} values per {noun}, got {len(row)}")
+
+    @staticmethod
+    def _tensor(rows: Rows, noun: str) -> Tensor:
+        """float32 (B, d) on the CPU; NaN / infinity (or beyond float32) -> InvalidInput."""
+        if isinstance(rows, Tensor):
+            x = rows.detach().to(device="cpu", dtype=torch.float32)
+        else:
+            try:  # numpy parses nested lists of floats ~10x faster than torch.tensor
+                x = torch.from_numpy(np.asarray(rows, dtype=np.float32))
+            except (TypeError, ValueError):
+                raise InvalidInput(f"{noun}s must be lists of numbers") from None
+            if x.dim() != 2:
+                raise InvalidInput(f"{noun}s must be lists of numbers")
+        bad = ~torch.isfinite(x).all(dim=1)
+        if bool(bad.any()):
+            raise InvalidInput(f"{noun} {int(bad.nonzero()[0])} contains NaN or infinity")
+        return x
+
+    @staticmethod
+    def _first_bad(z: Tensor) -> int | None:
+        bad = ~torch.isfinite(z).all(dim=1)
+        return int(bad.nonzero()[0]) if bool(bad.any()) else None
+
+    # ------------------------------------------------------------------ write
+
+    async def write(self, items: Rows, mode: str = "mean") -> WriteOutcome:
+        """Encode items (B, d) and store them: "mean" -> one slot with the mean code, "each" ->
+        one slot per item. Logged to the WAL before the bank changes."""
+        self._check_ready()
+        if mode not in ("mean", "each"):
+            raise InvalidInput(f"expected mode 'mean' or 'each', got {mode!r}")
+        self._check_rows(items, "item")
+        capacity = self._bank().capacity
+        if mode == "each" and len(items) > capacity:
+            raise InvalidInput(
+                f"mode 'each' needs {len(items)} slots, more than the capacity {capacity}"
+            )
+        outcome = await self._run(self._write, items, mode)
+        self._after_change()
+        return outcome
+
+    def _write(self, items: Rows, mode: str) -> WriteOutcome:
+        model, bank, persistence = self._model(), self._bank(), self._persistence()
+        x = self._tensor(items, "item")
+        z = model.encode(x, refine_steps=self.settings.refine_steps).float()  # (B, m), no lock
+        bad = self._first_bad(z)
+        if bad is not None:
+            raise InvalidInput(
+                f"item {bad} cannot be stored: its code is not finite (values far outside "
+                "the range the codec was trained on)"
+            )
+        if mode == "mean":
+            z = z.mean(dim=0, keepdim=True)  # (1, m), as MemoryBank.write does
+        if bank.dtype == "float16" and float(z.abs().max()) > FLOAT16_MAX:
+            raise InvalidInput("the items' code is too large for the float16 bank")
+        with self._lock:
+            slots, evicted = bank.choose_slots(z.shape[0])
+            persistence.log_write(slots, z)  # raises before the bank changes
+            bank.assign(slots, z)
+            self._changes_since_snapshot += 1
+            used = bank.used
+        return WriteOutcome(slots=slots, evicted=evicted, used=used)
+
+    # ------------------------------------------------------------------ read (micro-batched)
+
+    async def read(
+        self,
+        queries: Rows,
+        top_k: int = 1,
+        min_score: float | None = None,
+        reconstruct: bool = True,
+    ) -> list[list[Hit]]:
+        """For each query (B, d): the top_k slots by cosine of codes, best first, each with its
+        count after this read; a miss (nothing, or best score < min_score) is []."""
+        self._check_ready()
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise InvalidInput(f"expected top_k to be an int >= 1, got {top_k!r}")
+        if min_score is not None and not math.isfinite(min_score):
+            raise InvalidInput(f"expected a finite min_score, got {min_score}")
+        self._check_rows(queries, "query")
+        future: asyncio.Future[list[list[Hit]]] = asyncio.get_running_loop().create_future()
+        self._pending.append(_ReadJob(queries, top_k, min_score, reconstruct, future))
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return await future
+
+    async def _batch_loop(self) -> None:
+        assert self._wakeup is not None
+        wait_s = self.settings.batch_wait_ms / 1000
+        limit = self.settings.batch_max
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if not self._pending:
+                if self.state != "ready":
+                    return
+                continue
+            if wait_s > 0 and sum(len(j.queries) for j in self._pending) < limit:
+                await asyncio.sleep(wait_s)  # let concurrent requests join this batch
+            jobs = [self._pending.popleft()]
+            size = len(jobs[0].queries)
+            while self._pending and size + len(self._pending[0].queries) <= limit:
+                job = self._pending.popleft()
+                jobs.append(job)
+                size += len(job.queries)
+            jobs = [j for j in jobs if not j.future.done()]  # drop requests already cancelled
+            if jobs:
+                try:
+                    await self._run(self._read_batch, jobs)
+                except Exception as e:  # an engine fault: every request of the batch gets it
+                    for j in jobs:
+                        j.error = e
+                for j in jobs:
+                    if j.future.done():
+                        continue
+                    if j.error is not None:
+                        j.future.set_exception(j.error)
+                    else:
+                        j.future.set_result(j.result)
+            if self._pending:
+                self._wakeup.set()
+
+    def _read_batch(self, jobs: list[_ReadJob]) -> None:
+        """One encode, one bank.read per (top_k, min_score) group, one decode; fills each job's
+        result or error (a bad request fails alone, not its batch)."""
+        model, bank = self._model(), self._bank()
+        for j in jobs:
+            try:
+                j.x = self._tensor(j.queries, "query")
+            except InvalidInput as e:
+                j.error = e
+        ok = [j for j in jobs if j.error is None]
+        if not ok:
+            return
+        assert all(j.x is not None for j in ok)
+        x = torch.cat([j.x for j in ok if j.x is not None])  # (B, d): every query of the batch
+        z = model.encode(x, refine_steps=self.settings.refine_steps).float()  # (B, m)
+        spans, start = [], 0
+        for j in ok:
+            n = len(j.queries)
+            bad = self._first_bad(z[start : start + n])
+            if bad is not None:
+                j.error = InvalidInput(
+                    f"query {bad} cannot be read: its code is not finite (values far outside "
+                    "the range the codec was trained on)"
+                )
+            spans.append((j, start, start + n))
+            start += n
+        spans = [s for s in spans if s[0].error is None]
+        groups: dict[tuple[int, float | None], list[tuple[_ReadJob, int, int]]] = {}
+        for span in spans:  # dicts keep first-seen order: requests keep their queue order
+            groups.setdefault((span[0].top_k, span[0].min_score), []).append(span)
+        answers: list[tuple[_ReadJob, Tensor, Tensor, Tensor]] = []
+        with self._lock:
+            for (top_k, min_score), members in groups.items():
+                q = torch.cat([z[a:b] for _, a, b in members])
+                r = bank.read(q, top_k=top_k, min_score=min_score)
+                offset = 0
+                for j, a, b in members:
+                    n = b - a
+                    sl = slice(offset, offset + n)
+                    answers.append((j, r.slots[sl], r.scores[sl], r.counts[sl]))
+                    offset += n
+            wanted = [s[s >= 0] for j, s, _, _ in answers if j.reconstruct]
+            hit_slots = torch.cat(wanted) if wanted else torch.empty(0, dtype=torch.int64)
+            codes = bank.codes_at(hit_slots) if hit_slots.numel() else None
+        decoded = model.decode(codes).to(torch.float32).cpu().numpy() if codes is not None else None
+        position = 0
+        self._batches += 1
+        self._batched_queries += z.shape[0]
+        self._largest_batch = max(self._largest_batch, z.shape[0])
+        for j, slots, scores, counts in answers:
+            result: list[list[Hit]] = []
+            for row_slots, row_scores, row_counts in zip(
+                slots.tolist(), scores.tolist(), counts.tolist(), strict=True
+            ):
+                hits = []
+                for slot, score, count in zip(row_slots, row_scores, row_counts, strict=True):
+                    if slot < 0:
+                        continue
+                    recon = None
+                    if j.reconstruct:
+                        assert decoded is not None
+                        recon = decoded[position]
+                        position += 1
+                    hits.append(Hit(slot=slot, score=score, count=count, reconstruction=recon))
+                result.append(hits)
+            j.result = result
+
+    # ------------------------------------------------------------------ slots
+
+    async def get_slot(self, slot: int) -> SlotInfo:
+        """One occupied slot's counters, code and reconstruction (not counted as an access)."""
+        self._check_ready()
+        return await self._run(self._get_slot, slot)
+
+    def _get_slot(self, slot: int) -> SlotInfo:
+        with self._lock:
+            view = self._bank().get(slot)  # SlotNotFound when free or out of range
+        recon = self._model().decode(view.code.unsqueeze(0))[0]
+        return SlotInfo(
+            slot=view.slot,
+            count=view.count,
+            last_write=view.last_write,
+            last_access=view.last_access,
+            code=view.code.float().cpu().numpy(),
+            reconstruction=recon.float().cpu().numpy(),
+        )
+
+    async def delete_slot(self, slot: int) -> int:
+        """Free an occupied slot (logged first); returns the number of occupied slots left."""
+        self._check_ready()
+        used = await self._run(self._delete_slot, slot)
+        self._after_change()
+        return used
+
+    def _delete_slot(self, slot: int) -> int:
+        bank, persistence = self._bank(), self._persistence()
+        with self._lock:
+            bank.get(slot)  # SlotNotFound before anything is logged
+            persistence.log_delete(slot)
+            bank.delete(slot)
+            self._changes_since_snapshot += 1
+            return bank.used
+
+    # ------------------------------------------------------------------ snapshots
+
+    async def snapshot(self) -> SnapshotInfo:
+        """Save a snapshot now (copy under the lock, write outside it); returns its facts."""
+        self._check_ready()
+        return await self._snapshot()
+
+    async def _snapshot(self) -> SnapshotInfo:
+        assert self._snapshot_lock is not None
+        async with self._snapshot_lock:
+            state, lsn, tick, changes = await self._run(self._copy_state)
+            loop = asyncio.get_running_loop()
+            info = await loop.run_in_executor(self._io, self._persistence().snapshot, state, lsn)
+            await self._run(self._snapshot_done, tick, changes)
+            return info
+
+    def _copy_state(self) -> tuple[dict[str, Tensor], int, int, int]:
+        bank, persistence = self._bank(), self._persistence()
+        with self._lock:
+            return bank.state_dict(), persistence.last_lsn, bank.tick, self._changes_since_snapshot
+
+    def _snapshot_done(self, tick: int, changes: int) -> None:
+        with self._lock:
+            self._tick_at_snapshot = tick
+            self._changes_since_snapshot -= changes
+
+    def _changed_since_snapshot(self) -> bool:
+        """Any write, delete or read (reads move counts) since the last snapshot?"""
+        bank = self.bank
+        return bank is not None and bank.tick != self._tick_at_snapshot and bank.tick > 0
+
+    def _after_change(self) -> None:
+        every = self.settings.snapshot_every_writes
+        if every and self._changes_since_snapshot >= every:
+            assert self._snapshot_lock is not None
+            if not self._snapshot_lock.locked():
+                self._spawn(self._background_snapshot("write count"))
+
+    async def _background_snapshot(self, reason: str) -> None:
+        try:
+            info = await self._snapshot()
+            log.info(
+                "snapshot (%s) %s: %d bytes in %.3f s",
+                reason,
+                info.path.name,
+                info.bytes,
+                info.seconds,
+            )
+        except Exception:
+            log.exception("snapshot (%s) failed; the WAL still holds every write", reason)
+
+    async def _periodic_snapshots(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.snapshot_every_s)
+            if self.state == "ready" and self._changed_since_snapshot():
+                await self._background_snapshot("periodic")
+
+    # ------------------------------------------------------------------ stats
+
+    async def stats(self) -> dict[str, Any]:
+        """Everything /stats reports (see schemas.StatsResponse)."""
+        self._check_ready()
+        return await self._run(self._stats)
+
+    def _stats(self) -> dict[str, Any]:
+        model, bank = self._model(), self._bank()
+        with self._lock:
+            b = bank.stats()
+        d, m = model.config.d, model.config.m
+        code_bytes = m * bank.codes.element_size()
+        last = self._persistence().last_snapshot
+        rec = self.recovery
+        return {
+            "capacity": b["capacity"],
+            "used": b["used"],
+            "d": d,
+            "m": m,
+            "compression_ratio": d / m,
+            "bytes_ratio": d * 4 / code_bytes,
+            "device": self.device,
+            "model": model.name,
+            "fingerprint": model.fingerprint,
+            "bank_dtype": b["dtype"],
+            "bank_bytes": b["bytes"],
+            "reads": b["reads"],
+            "hits": b["hits"],
+            "misses": b["misses"],
+            "writes": b["writes"],
+            "evictions": b["evictions"],
+            "counts": {"min": b["count_min"], "mean": b["count_mean"], "max": b["count_max"]},
+            "batching": {
+                "batches": self._batches,
+                "queries": self._batched_queries,
+                "largest": self._largest_batch,
+            },
+            "last_snapshot": None
+            if last is None
+            else {
+                "time": last.created_at,
+                "path": str(last.path),
+                "bytes": last.bytes,
+                "lsn": last.lsn,
+            },
+            "recovery": {
+                "snapshot": str(rec.snapshot.path) if rec and rec.snapshot else None,
+                "replayed": rec.replayed if rec else 0,
+                "warnings": list(rec.warnings) if rec else [],
+            },
+            "uptime_s": time.time() - self.started_at,
+        }
+
+    def _summary(self) -> str:
+        rec = self.recovery
+        assert rec is not None and self.model is not None and self.bank is not None
+        source = rec.snapshot.path.name if rec.snapshot else "empty bank"
+        return (
+            f"model {self.model.name} (d={self.d}, m={self.m}) on {self.device}, bank "
+            f"{self.bank.capacity} x {self.bank.dtype}, used {self.bank.used}, from {source} + "
+            f"{rec.replayed} WAL records, {len(rec.warnings)} warning(s), "
+            f"started {datetime.now(UTC).isoformat(timespec='seconds')}"
+        )

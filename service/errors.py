@@ -1,0 +1,170 @@
+"""The one place where errors become HTTP answers.
+
+Every error answer has the same shape, `{"detail": "<one sentence>"}` (schemas.ErrorResponse):
+request validation errors are flattened into that sentence too, rather than FastAPI's list of
+error objects, so clients handle one format. Messages name the problem and the allowed values;
+they never echo stack traces, file paths of the server or other internals.
+
+    domain error (engine / bank / WAL)      HTTP
+    InvalidInput, other ValueError          422  the error's message
+    SlotNotFound                            404  "slot 7 is not occupied"
+    DiskFullError / PersistenceError        507  "insufficient storage: ..."
+    NotReady                                503  "service is starting" (Retry-After)
+    RequestValidationError                  422  flattened pydantic errors
+    body over MT_MAX_BODY_BYTES             413  "request body too large: ..."
+    anything else                           500  "internal server error" (logged, not echoed)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from model.errors import SlotNotFound
+from service.engine import NotReady
+from service.schemas import ErrorResponse
+from service.wal import DiskFullError, PersistenceError
+
+log = logging.getLogger("service.errors")
+
+MAX_LISTED_ERRORS = 3
+# Error types our own validators raise: their message already names the item / query.
+_SELF_DESCRIBING = {"row_length", "not_finite", "float32_range"}
+
+# The standard answers, for `responses=` in the routes (and so in the OpenAPI document).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorResponse, "description": "Request body larger than MT_MAX_BODY_BYTES"},
+    422: {"model": ErrorResponse, "description": "Invalid request (body, path or values)"},
+    503: {"model": ErrorResponse, "description": "The engine is not ready (starting or stopping)"},
+}
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or wrong API key"},
+    403: {"model": ErrorResponse, "description": "The key may not do this (read-only key)"},
+}
+
+
+def error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _where(loc: Sequence[int | str]) -> str:
+    """("body", "items", 0, 3) -> "items[0][3]"; ("path", "i") -> "path parameter i"."""
+    if loc and loc[0] in ("path", "query", "header"):
+        return f"{loc[0]} parameter {'.'.join(str(p) for p in loc[1:])}"
+    parts = list(loc[1:] if loc and loc[0] == "body" else loc)
+    text = ""
+    for p in parts:
+        text += f"[{p}]" if isinstance(p, int) else (f".{p}" if text else str(p))
+    return text
+
+
+def validation_detail(errors: Sequence[Any]) -> str:
+    """Flatten pydantic / FastAPI validation errors into one readable sentence."""
+    messages: list[str] = []
+    for e in errors:
+        kind, loc, msg = e.get("type", ""), tuple(e.get("loc", ())), str(e.get("msg", "invalid"))
+        if kind == "json_invalid":
+            reason = (e.get("ctx") or {}).get("error", "malformed JSON")
+            pos = loc[1] if len(loc) > 1 else "?"
+            return f"request body is not valid JSON: {reason} at position {pos}"
+        if loc == ("body",) or loc == ():
+            if kind == "missing":
+                return "request body is required: a JSON object"
+            if kind in ("model_type", "model_attributes_type", "dict_type"):
+                return "request body must be a JSON object (Content-Type: application/json)"
+        if kind in _SELF_DESCRIBING:
+            messages.append(msg)
+        elif kind == "missing":
+            messages.append(f"{_where(loc)}: field required")
+        elif kind == "extra_forbidden":
+            messages.append(f"{_where(loc)}: unknown field")
+        else:
+            messages.append(f"{_where(loc)}: {msg}" if _where(loc) else msg)
+    if not messages:
+        return "invalid request"
+    extra = len(messages) - MAX_LISTED_ERRORS
+    text = "; ".join(messages[:MAX_LISTED_ERRORS])
+    return f"{text}; and {extra} more" if extra > 0 else text
+
+
+class BodyTooLarge(StarletteHTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body too large: the limit is {limit} bytes")
+
+
+class BodyLimitMiddleware:
+    """413 for a body over `limit` bytes, before it is parsed: at once when Content-Length
+    says so (the body is never read), else as soon as the streamed bytes pass the limit."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0  # the server refuses a malformed length before we see it
+                if declared > self.limit:
+                    response = error(413, BodyTooLarge(self.limit).detail, {"Connection": "close"})
+                    await response(scope, receive, send)
+                    return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge(self.limit)  # -> the HTTPException handler: JSON 413
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the mapping above on app."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error(422, validation_detail(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(SlotNotFound)
+    async def _slot(_: Request, exc: SlotNotFound) -> JSONResponse:
+        return error(404, str(exc))
+
+    @app.exception_handler(PersistenceError)
+    async def _storage(_: Request, exc: PersistenceError) -> JSONResponse:
+        log.error("persistence failed: %s", exc)
+        kind = "disk full" if isinstance(exc, DiskFullError) else "the data could not be saved"
+        return error(507, f"insufficient storage: {kind}; the request was not applied")
+
+    @app.exception_handler(NotReady)
+    async def _not_ready(_: Request, exc: NotReady) -> JSONResponse:
+        return error(503, str(exc), {"Retry-After": "1"})
+
+    @app.exception_handler(ValueError)
+    async def _invalid(_: Request, exc: ValueError) -> JSONResponse:
+        return error(422, str(exc))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error(500, "internal server error")

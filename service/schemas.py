@@ -1,0 +1,265 @@
+"""Request and response models of the HTTP API.
+
+Requests carry their limits (item counts, top_k range, finite float32 numbers, no unknown fields,
+no strings or booleans posing as numbers), so bad input is a 422 before any model code runs.
+Limits that come from the settings (MT_MAX_ITEMS, MT_MAX_TOP_K) and from the weights file (the
+item length d, read from its header) are built into the classes by `request_models(...)`, so the
+OpenAPI document states them too. The engine checks d again for in-process callers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, field_validator
+from pydantic.json_schema import JsonDict
+from pydantic_core import PydanticCustomError
+
+FLOAT32_MAX = 3.4028234663852886e38
+
+# A finite float32 value (the row validator gives the error its message; this documents it).
+Number = Annotated[
+    StrictFloat, Field(json_schema_extra={"minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX})
+]
+Vector = Annotated[list[Number], Field(min_length=1)]
+
+_ITEM: Any = [
+    0.0,
+    0.25,
+    0.5,
+    1.0,
+]  # shortened example rows: real ones have d values (64 for digits)
+
+
+def check_rows(rows: list[list[float]], noun: str, d: int | None) -> list[list[float]]:
+    """Refuse rows of the wrong length, NaN, +-Infinity (Python's json reads those literals) and
+    values that float32 cannot hold; the message names the row."""
+    for i, row in enumerate(rows):
+        if d is not None and len(row) != d:
+            raise PydanticCustomError(
+                "row_length",
+                "{noun} {index}: expected {d} values per {noun}, got {n}",
+                {"noun": noun, "index": i, "d": d, "n": len(row)},
+            )
+        if not all(map(math.isfinite, row)):
+            raise PydanticCustomError(
+                "not_finite", "{noun} {index} contains NaN or infinity", {"noun": noun, "index": i}
+            )
+        if max(map(abs, row)) > FLOAT32_MAX:
+            raise PydanticCustomError(
+                "float32_range",
+                "{noun} {index} contains a value outside the float32 range (|x| > 3.4e38)",
+                {"noun": noun, "index": i},
+            )
+    return rows
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    d: ClassVar[int | None] = None  # values per row, when known (set by request_models)
+
+
+class WriteRequest(Request):
+    """Items to encode and store: "mean" stores their mean code in one slot (the paper's write),
+    "each" stores one slot per item."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"items": [_ITEM, _ITEM], "mode": "mean"}]}
+    )
+
+    items: Annotated[list[Vector], Field(min_length=1, max_length=1024)]
+    mode: Literal["mean", "each"] = "mean"
+
+    @field_validator("items")
+    @classmethod
+    def _finite(cls, rows: list[list[float]]) -> list[list[float]]:
+        return check_rows(rows, "item", cls.d)
+
+
+class ReadRequest(Request):
+    """Queries to look up: the top_k slots by cosine similarity of codes, best first."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"queries": [_ITEM], "top_k": 1, "min_score": 0.5, "reconstruct": True}]
+        }
+    )
+
+    queries: Annotated[list[Vector], Field(min_length=1, max_length=1024)]
+    top_k: Annotated[int, Field(ge=1, le=100)] = 1
+    min_score: Annotated[float | None, Field(ge=-1.0, le=1.0, allow_inf_nan=False)] = None
+    reconstruct: bool = True
+
+    @field_validator("queries")
+    @classmethod
+    def _finite(cls, rows: list[list[float]]) -> list[list[float]]:
+        return check_rows(rows, "query", cls.d)
+
+
+class RequestModels(NamedTuple):
+    write: type[WriteRequest]
+    read: type[ReadRequest]
+
+
+def request_models(
+    max_items: int = 1024, max_top_k: int = 100, d: int | None = None
+) -> RequestModels:
+    """WriteRequest / ReadRequest with these limits in their validation and their schema."""
+    length: JsonDict | None = None if d is None else {"minItems": d, "maxItems": d}
+    vector: Any = Annotated[list[Number], Field(min_length=1, json_schema_extra=length)]
+    rows: Any = Annotated[list[vector], Field(min_length=1, max_length=max_items)]
+    top_k: Any = Annotated[int, Field(ge=1, le=max_top_k)]
+    examples: dict[str, Any] = {}
+    if d is not None:  # examples a client can send as they are
+        row = [round(i / (d - 1), 4) for i in range(d)]
+        examples = {
+            "items": {"examples": [{"items": [row], "mode": "mean"}]},
+            "queries": {
+                "examples": [{"queries": [row], "top_k": 1, "min_score": 0.5, "reconstruct": True}]
+            },
+        }
+
+    def subclass(base: type[Request], field: str, annotations: dict[str, Any]) -> Any:
+        namespace: dict[str, Any] = {
+            "__module__": __name__,
+            "__qualname__": base.__name__,
+            "__doc__": base.__doc__,
+            "__annotations__": annotations,
+            "d": d,
+        }
+        if field in examples:
+            namespace["model_config"] = ConfigDict(json_schema_extra=examples[field])
+        if "top_k" in annotations:
+            namespace["top_k"] = 1
+        return type(base.__name__, (base,), namespace)
+
+    write = subclass(WriteRequest, "items", {"items": rows})
+    read = subclass(ReadRequest, "queries", {"queries": rows, "top_k": top_k})
+    return RequestModels(write=write, read=read)
+
+
+# ------------------------------------------------------------------------------- responses
+
+
+class WriteResponse(BaseModel):
+    slots: list[int] = Field(description="Slots written, in the order of the rows stored.")
+    evicted: list[int] = Field(description="Those of `slots` that held another code before.")
+    used: int = Field(description="Occupied slots after the write.")
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"slots": [0], "evicted": [], "used": 1}]}
+    )
+
+
+class Hit(BaseModel):
+    slot: int
+    score: float = Field(description="Cosine similarity of the query's code and the slot's code.")
+    count: int = Field(description="The slot's access count right after this read.")
+    reconstruction: list[float] | None = Field(
+        description="The slot's code decoded back to d values; null when reconstruct=false."
+    )
+
+
+class ReadResponse(BaseModel):
+    results: list[list[Hit]] = Field(
+        description="One list per query, best first; a miss is an empty list."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"results": [[{"slot": 0, "score": 0.998, "count": 1, "reconstruction": _ITEM}]]}
+            ]
+        }
+    )
+
+
+class SlotResponse(BaseModel):
+    slot: int
+    count: int
+    last_write: int = Field(description="Bank tick of the slot's last write.")
+    last_access: int = Field(description="Bank tick of the slot's last read hit (0 = never).")
+    code: list[float] = Field(description="The stored code (m values, dequantised).")
+    reconstruction: list[float] = Field(description="The code decoded back to d values.")
+
+
+class DeleteResponse(BaseModel):
+    slot: int
+    used: int = Field(description="Occupied slots after the delete.")
+
+
+class SnapshotResponse(BaseModel):
+    path: str
+    bytes: int
+    seconds: float
+    lsn: int = Field(description="Last write-ahead-log record the snapshot contains.")
+    sha256: str
+    created_at: str
+
+
+class CountSummary(BaseModel):
+    min: int
+    mean: float
+    max: int
+
+
+class LastSnapshot(BaseModel):
+    time: str
+    path: str
+    bytes: int
+    lsn: int
+
+
+class RecoveryInfo(BaseModel):
+    snapshot: str | None = Field(description="Snapshot loaded at start (null: started empty).")
+    replayed: int = Field(description="Write-ahead-log records replayed on top of it.")
+    warnings: list[str] = Field(description="Fallbacks taken, e.g. a bad newest snapshot skipped.")
+
+
+class BatchingInfo(BaseModel):
+    batches: int = Field(description="Read batches run (each: one encode, read, decode).")
+    queries: int = Field(description="Queries answered by those batches.")
+    largest: int = Field(description="Most queries in one batch so far.")
+
+
+class StatsResponse(BaseModel):
+    capacity: int
+    used: int
+    d: int
+    m: int
+    compression_ratio: float = Field(description="d / m: values per item over values per code.")
+    bytes_ratio: float = Field(description="float32 item bytes (d * 4) over stored code bytes.")
+    device: str
+    model: str
+    fingerprint: str
+    bank_dtype: str
+    bank_bytes: int
+    reads: int
+    hits: int
+    misses: int
+    writes: int
+    evictions: int
+    counts: CountSummary
+    batching: BatchingInfo
+    last_snapshot: LastSnapshot | None
+    recovery: RecoveryInfo
+    uptime_s: float
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"] = "ready"
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer: one human-readable sentence, never internals."""
+
+    detail: str
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"detail": "item 0: expected 64 values per item, got 63"}]}
+    )

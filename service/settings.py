@@ -1,0 +1,161 @@
+"""Service settings: one typed, validated object read from MT_* environment variables.
+
+Nothing is built at import: `get_settings()` builds (and caches) the object on first use, and
+`create_app(settings)` / `Engine(settings)` take one explicitly, so tests pass their own.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MIB = 1024 * 1024
+
+BankDtype = Literal["float32", "float16", "int8"]
+WalFsync = Literal["always", "everysec", "off"]
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; each is read from the environment as MT_<NAME>."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MT_",
+        case_sensitive=False,
+        env_ignore_empty=True,  # MT_API_KEY= (empty) means unset, as compose passes it through
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # --- server
+    host: str = Field(
+        default="127.0.0.1", description="Interface to bind; 0.0.0.0 to listen on all."
+    )
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: LogLevel = "info"
+
+    # --- model and bank
+    weights: Path = Field(
+        default=Path("weights/digits-m16.safetensors"),
+        description="IDRP weights; a relative path not found in the working directory is "
+        "taken relative to the repository root.",
+    )
+    device: str = Field(
+        default="auto", description="auto (cuda when available), cpu, cuda or cuda:N."
+    )
+    capacity: int = Field(default=10_000, ge=1, le=100_000_000, description="Slots in the bank.")
+    bank_dtype: BankDtype = Field(
+        default="float32", description="Storage of codes; int8 uses the model's code_scales."
+    )
+    torch_threads: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="torch.set_num_threads for the process (0 = torch's default: all cores). "
+        "On a shared or small machine 1 can be faster: idle torch threads spin.",
+    )
+    refine_steps: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Adam steps that refine each code at encode time (IDRP.encode refine_steps; "
+        "0 = the one-pass code). Costs about one decode + backward per step.",
+    )
+    initial_count: int = Field(
+        default=0,
+        ge=0,
+        description="Access count a freshly written slot starts with (0 = the paper's reset).",
+    )
+
+    # --- persistence
+    snapshot_dir: Path = Field(
+        default=Path("./snapshots"), description="Snapshots and the write-ahead log."
+    )
+    snapshot_every_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="Snapshot every this many seconds if the bank changed (writes, deletes or "
+        "reads, which move counts); 0 = off.",
+    )
+    snapshot_every_writes: int = Field(
+        default=0,
+        ge=0,
+        description="Snapshot after this many logged changes (writes and deletes); 0 = off.",
+    )
+    snapshot_on_shutdown: bool = True
+    snapshot_keep: int = Field(default=3, ge=1, description="Snapshot generations kept on disk.")
+    wal_fsync: WalFsync = "always"
+    allow_fresh: bool = Field(
+        default=False,
+        description="Start with an empty bank when snapshots exist "
+        "but none is valid (otherwise refuse to start).",
+    )
+
+    # --- auth
+    api_key: SecretStr | None = Field(default=None, description="Full-access key; unset = no auth.")
+    read_api_key: SecretStr | None = Field(
+        default=None, description="Read-only key (needs api_key)."
+    )
+
+    # --- request limits and batching
+    max_items: int = Field(
+        default=1024, ge=1, description="Items (write) or queries (read) per request."
+    )
+    max_body_bytes: int = Field(
+        default=8 * MIB, ge=1024, description="Largest request body, in bytes."
+    )
+    max_top_k: int = Field(default=100, ge=1)
+    batch_max: int = Field(default=256, ge=1, description="Most queries one read batch coalesces.")
+    batch_wait_ms: float = Field(
+        default=1.0, ge=0, le=1000, description="How long a read batch waits for more requests."
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        v = value.strip().lower()
+        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+
+    @field_validator("weights")
+    @classmethod
+    def _resolve_weights(cls, value: Path) -> Path:
+        if value.is_absolute() or value.exists():
+            return value
+        in_repo = REPO_ROOT / value
+        return in_repo if in_repo.exists() else value
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> Self:
+        if self.read_api_key is not None:
+            if self.api_key is None:
+                raise ValueError(
+                    "MT_READ_API_KEY is set but MT_API_KEY is not: set both or neither"
+                )
+            if self.read_api_key.get_secret_value() == self.api_key.get_secret_value():
+                raise ValueError("MT_READ_API_KEY must differ from MT_API_KEY")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.api_key is not None
+
+    def resolved_device(self) -> str:
+        """The torch device to use: "auto" becomes cuda when available, else cpu."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()

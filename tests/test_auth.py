@@ -1,0 +1,162 @@
+"""API keys: who may call what, the 401 / 403 answers, and that keys never reach the log."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr, ValidationError
+
+from service.auth import Role, role_of
+from service.settings import Settings
+from tests.conftest import running
+
+WRITE_KEY = "write-key-0123456789"
+READ_KEY = "read-key-9876543210"
+ROW = [0.5] * 64
+UNAUTHORIZED = 'Bearer realm="memorytransit"'
+
+
+@pytest.fixture
+def secured(make_settings: Callable[..., Settings]) -> Iterator[TestClient]:
+    with running(make_settings(api_key=WRITE_KEY, read_api_key=READ_KEY)) as c:
+        yield c
+
+
+def x_key(key: str) -> dict[str, str]:
+    return {"X-API-Key": key}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+CALLS = {
+    "write": ("POST", "/write", {"items": [ROW]}),
+    "read": ("POST", "/read", {"queries": [ROW]}),
+    "stats": ("GET", "/stats", None),
+    "get slot": ("GET", "/slots/0", None),
+    "delete slot": ("DELETE", "/slots/0", None),
+    "snapshot": ("POST", "/snapshot", None),
+    "metrics": ("GET", "/metrics", None),
+}
+READ_ONLY_OK = ("read", "stats", "get slot", "metrics")
+WRITE_ONLY = ("write", "delete slot", "snapshot")
+
+
+def call(c: TestClient, name: str, headers: dict[str, str]) -> int:
+    method, path, body = CALLS[name]
+    return c.request(method, path, json=body, headers=headers).status_code
+
+
+def test_health_and_readiness_need_no_key(secured: TestClient) -> None:
+    assert secured.get("/healthz").status_code == 200
+    assert secured.get("/readyz").status_code == 200
+
+
+@pytest.mark.parametrize("name", list(CALLS))
+def test_no_key_is_401_with_challenge(secured: TestClient, name: str) -> None:
+    method, path, body = CALLS[name]
+    r = secured.request(method, path, json=body)
+    assert r.status_code == 401
+    assert r.json() == {"detail": "missing API key"}
+    assert r.headers["www-authenticate"] == UNAUTHORIZED
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        x_key("wrong"),
+        bearer("wrong"),
+        x_key(WRITE_KEY + "x"),
+        {"Authorization": f"Basic {WRITE_KEY}"},
+    ],
+    ids=["x-api-key", "bearer", "prefix", "basic scheme"],
+)
+def test_wrong_key_is_401(secured: TestClient, headers: dict[str, str]) -> None:
+    r = secured.post("/read", json={"queries": [ROW]}, headers=headers)
+    assert r.status_code == 401
+    detail = (
+        "missing API key"
+        if headers.get("Authorization", "").startswith("Basic")
+        else ("invalid API key")
+    )
+    assert r.json() == {"detail": detail}
+    assert r.headers["www-authenticate"] == UNAUTHORIZED
+
+
+@pytest.mark.parametrize("style", [x_key, bearer], ids=["x-api-key", "bearer"])
+def test_write_key_may_do_everything(
+    secured: TestClient, style: Callable[..., dict[str, str]]
+) -> None:
+    headers = style(WRITE_KEY)
+    assert [call(secured, name, headers) for name in CALLS] == [200] * len(CALLS)
+
+
+@pytest.mark.parametrize("style", [x_key, bearer], ids=["x-api-key", "bearer"])
+def test_read_key_reads_but_may_not_change(
+    secured: TestClient, style: Callable[..., dict[str, str]]
+) -> None:
+    secured.post("/write", json={"items": [ROW]}, headers=x_key(WRITE_KEY))
+    headers = style(READ_KEY)
+    assert {name: call(secured, name, headers) for name in READ_ONLY_OK} == dict.fromkeys(
+        READ_ONLY_OK, 200
+    )
+    for name in WRITE_ONLY:
+        method, path, body = CALLS[name]
+        r = secured.request(method, path, json=body, headers=headers)
+        assert r.status_code == 403
+        assert r.json() == {"detail": "this API key is read-only"}
+    stats = secured.get("/stats", headers=headers).json()
+    assert (stats["used"], stats["writes"]) == (1, 1)  # the refused calls changed nothing
+
+
+def test_auth_comes_before_body_validation(secured: TestClient) -> None:
+    r = secured.post("/write", json={"items": []})
+    assert r.status_code == 401
+    r = secured.post("/write", json={"items": []}, headers=x_key(READ_KEY))
+    assert r.status_code == 403
+
+
+def test_keys_never_reach_the_log(secured: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG):
+        secured.post("/read", json={"queries": [ROW]}, headers=x_key("not-" + WRITE_KEY))
+        secured.post("/write", json={"items": [ROW]}, headers=bearer(READ_KEY))
+        secured.post("/write", json={"items": [ROW]}, headers=bearer(WRITE_KEY))
+    assert caplog.records  # something was logged, and none of it holds a key
+    assert all(
+        WRITE_KEY not in r.getMessage() and READ_KEY not in r.getMessage() for r in caplog.records
+    )
+
+
+def test_settings_show_keys_masked(make_settings: Callable[..., Settings]) -> None:
+    s = make_settings(api_key=WRITE_KEY, read_api_key=READ_KEY)
+    assert WRITE_KEY not in repr(s) and READ_KEY not in str(s)
+
+
+def test_no_keys_means_open(client: TestClient) -> None:
+    assert client.post("/write", json={"items": [ROW]}).status_code == 200
+    assert client.post("/snapshot").status_code == 200
+
+
+def test_role_of() -> None:
+    s = Settings(api_key=SecretStr(WRITE_KEY), read_api_key=SecretStr(READ_KEY))
+    assert role_of(s, WRITE_KEY) is Role.write
+    assert role_of(s, READ_KEY) is Role.read
+    assert role_of(s, "") is None and role_of(s, None) is None and role_of(s, "x") is None
+    assert role_of(Settings(), None) is Role.write
+    assert role_of(Settings(api_key=SecretStr(WRITE_KEY)), READ_KEY) is None
+
+
+def test_key_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValidationError, match="MT_READ_API_KEY is set but MT_API_KEY is not"):
+        Settings(read_api_key=SecretStr(READ_KEY))
+    with pytest.raises(ValidationError, match="MT_READ_API_KEY must differ from MT_API_KEY"):
+        Settings(api_key=SecretStr(WRITE_KEY), read_api_key=SecretStr(WRITE_KEY))
+    monkeypatch.setenv("MT_API_KEY", "")  # compose passes unset keys through as empty
+    assert Settings().api_key is None
+    monkeypatch.setenv("MT_API_KEY", WRITE_KEY)
+    key = Settings().api_key
+    assert key is not None and key.get_secret_value() == WRITE_KEY

@@ -1,0 +1,300 @@
+"""The engine without HTTP: micro-batched reads answer like one-at-a-time reads, recovery after a
+restart, snapshot triggers, readiness and failures."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.errors import CheckpointError, SlotNotFound
+from service.engine import Engine, Hit, InvalidInput, NotReady
+from service.settings import Settings
+
+pytestmark = pytest.mark.anyio  # async tests on asyncio (anyio's pytest plugin)
+Items = Callable[..., list[list[float]]]
+# Encode/decode of a row can differ in the last bits between a one-row and a many-row matrix
+# product (CPU BLAS); slots and counts must match exactly, floats to this tolerance.
+ATOL = 1e-6
+
+
+async def started(settings: Settings) -> Engine:
+    engine = Engine(settings)
+    await engine.start()
+    return engine
+
+
+def assert_same_answers(got: list[list[Hit]], want: list[list[Hit]]) -> None:
+    assert [[(h.slot, h.count) for h in q] for q in got] == [
+        [(h.slot, h.count) for h in q] for q in want
+    ]
+    for q_got, q_want in zip(got, want, strict=True):
+        for a, b in zip(q_got, q_want, strict=True):
+            assert a.score == pytest.approx(b.score, abs=ATOL)
+            assert (a.reconstruction is None) == (b.reconstruction is None)
+            if a.reconstruction is not None and b.reconstruction is not None:
+                torch.testing.assert_close(
+                    torch.from_numpy(a.reconstruction),
+                    torch.from_numpy(b.reconstruction),
+                    atol=ATOL,
+                    rtol=0,
+                )
+
+
+async def test_concurrent_reads_are_batched_and_answer_like_sequential_ones(
+    make_settings: Callable[..., Settings], tmp_path: Path, items: Items
+) -> None:
+    stored = items(12, seed=1)
+    # Queries: stored rows (hits that count up, several on the same slot) and fresh rows.
+    queries = [[stored[i % 5]] for i in range(16)] + [[q] for q in items(8, seed=2)]
+    batched = await started(make_settings(batch_wait_ms=50, snapshot_dir=tmp_path / "a"))
+    one_by_one = await started(make_settings(batch_wait_ms=0, snapshot_dir=tmp_path / "b"))
+    try:
+        for engine in (batched, one_by_one):
+            await engine.write(stored, mode="each")
+        got = await asyncio.gather(*(batched.read(q, top_k=3) for q in queries))
+        want = [await one_by_one.read(q, top_k=3) for q in queries]
+        assert_same_answers([g[0] for g in got], [w[0] for w in want])
+        b_stats, s_stats = await batched.stats(), await one_by_one.stats()
+        assert b_stats["batching"]["batches"] < len(queries) // 2  # really coalesced
+        assert b_stats["batching"]["largest"] > 1
+        assert s_stats["batching"] == {
+            "batches": len(queries),
+            "queries": len(queries),
+            "largest": 1,
+        }
+        for key in ("reads", "hits", "misses", "counts"):
+            assert b_stats[key] == s_stats[key]
+        for slot in range(12):
+            a, b = await batched.get_slot(slot), await one_by_one.get_slot(slot)
+            assert (a.count, a.last_access) == (b.count, b.last_access)
+    finally:
+        await batched.stop()
+        await one_by_one.stop()
+
+
+async def test_batched_multi_query_requests_and_mixed_options(
+    make_settings: Callable[..., Settings], items: Items
+) -> None:
+    engine = await started(make_settings(batch_wait_ms=50))
+    try:
+        stored = items(4)
+        await engine.write(stored, mode="each")
+        fresh = items(1, seed=9)
+        answers = await asyncio.gather(
+            engine.read(stored[:2], top_k=1),
+            engine.read(fresh, min_score=1.0),  # its own group: a miss that counts nothing
+            engine.read(stored[1:3], reconstruct=False),
+        )
+        assert [[(h.slot, h.count) for h in q] for q in answers[0]] == [[(0, 1)], [(1, 1)]]
+        assert answers[1] == [[]]
+        assert [[(h.slot, h.count) for h in q] for q in answers[2]] == [[(1, 2)], [(2, 1)]]
+        assert all(h.reconstruction is None for q in answers[2] for h in q)
+        stats = await engine.stats()
+        assert (stats["reads"], stats["misses"]) == (5, 1)
+        assert stats["batching"]["batches"] == 1
+    finally:
+        await engine.stop()
+
+
+async def test_a_bad_request_fails_alone_in_its_batch(
+    make_settings: Callable[..., Settings], items: Items
+) -> None:
+    engine = await started(make_settings(batch_wait_ms=50))
+    try:
+        await engine.write(items(1))
+        bad = items(1)
+        bad[0][3] = float("nan")
+        good, failed = await asyncio.gather(
+            engine.read(items(1)), engine.read(bad), return_exceptions=True
+        )
+        assert isinstance(failed, InvalidInput)
+        assert str(failed) == "query 0 contains NaN or infinity"
+        assert isinstance(good, list) and good[0][0].slot == 0 and good[0][0].count == 1
+    finally:
+        await engine.stop()
+
+
+async def test_restart_recovers_bank_and_counts_from_the_shutdown_snapshot(
+    make_settings: Callable[..., Settings], items: Items
+) -> None:
+    settings = make_settings()
+    x = items(3)
+    engine = await started(settings)
+    await engine.write(x, mode="each")
+    await engine.read(x[1:2])
+    await engine.read(x[1:2])
+    await engine.delete_slot(2)
+    before = await engine.get_slot(1)
+    await engine.stop()  # snapshot on shutdown
+
+    engine = await started(settings)
+    try:
+        after = await engine.get_slot(1)
+        assert after.count == before.count == 2
+        assert after.code.tolist() == before.code.tolist()
+        with pytest.raises(SlotNotFound, match="slot 2 is not occupied"):
+            await engine.get_slot(2)
+        [[hit]] = await engine.read(x[1:2])
+        assert (hit.slot, hit.count) == (1, 3)  # the count continues
+        stats = await engine.stats()
+        assert stats["recovery"]["snapshot"] == str(
+            settings.snapshot_dir / "snap-0000000000000002.safetensors"
+        )
+        assert stats["recovery"]["replayed"] == 0
+        assert (stats["used"], stats["writes"]) == (2, 3)
+    finally:
+        await engine.stop()
+
+
+async def test_restart_without_a_snapshot_replays_the_wal(
+    make_settings: Callable[..., Settings], items: Items
+) -> None:
+    settings = make_settings(snapshot_on_shutdown=False)
+    x = items(3)
+    engine = await started(settings)
+    await engine.write(x[:2], mode="each")
+    await engine.write(x[2:])
+    await engine.delete_slot(0)
+    codes = [(await engine.get_slot(i)).code.tolist() for i in (1, 2)]
+    await engine.read(x[1:2])
+    await engine.stop()
+    assert not list(settings.snapshot_dir.glob("snap-*"))
+
+    engine = await started(settings)
+    try:
+        stats = await engine.stats()
+        assert stats["recovery"] == {"snapshot": None, "replayed": 3, "warnings": []}
+        assert stats["used"] == 2
+        assert [(await engine.get_slot(i)).code.tolist() for i in (1, 2)] == codes  # exact
+        assert (await engine.get_slot(1)).count == 0  # reads are not logged
+    finally:
+        await engine.stop()
+
+
+async def test_snapshot_every_n_writes(
+    make_settings: Callable[..., Settings], items: Items
+) -> None:
+    settings = make_settings(snapshot_every_writes=2)
+    engine = await started(settings)
+    try:
+        await engine.write(items(1))
+        assert not list(settings.snapshot_dir.glob("snap-*"))
+        await engine.write(items(1, seed=1))
+        for _ in range(500):
+            if list(settings.snapshot_dir.glob("snap-*")):
+                break
+            await asyncio.sleep(0.01)
+        assert [p.name for p in settings.snapshot_dir.glob("snap-*")] == [
+            "snap-0000000000000002.safetensors"
+        ]
+    finally:
+        await engine.stop()
+
+
+async def test_periodic_snapshot_only_when_changed(
+    make_settings: Callable[..., Settings], items: Items
+) -> None:
+    settings = make_settings(snapshot_every_s=0.05, snapshot_on_shutdown=False)
+    engine = await started(settings)
+    try:
+        await asyncio.sleep(0.2)
+        assert not list(settings.snapshot_dir.glob("snap-*"))  # nothing happened yet
+        await engine.write(items(1))
+        for _ in range(500):
+            if (await engine.stats())["last_snapshot"] is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert (await engine.stats())["last_snapshot"]["lsn"] == 1
+        assert [p.name for p in settings.snapshot_dir.glob("snap-*")] == [
+            "snap-0000000000000001.safetensors"
+        ]
+    finally:
+        await engine.stop()
+
+
+async def test_engine_input_checks(make_settings: Callable[..., Settings], items: Items) -> None:
+    engine = await started(make_settings(capacity=2))
+    try:
+        with pytest.raises(InvalidInput, match=r"^item 1: expected 64 values per item, got 3$"):
+            await engine.write([items(1)[0], [0.1, 0.2, 0.3]])
+        with pytest.raises(InvalidInput, match=r"^expected at least one item, got none$"):
+            await engine.write([])
+        with pytest.raises(InvalidInput, match=r"^expected mode 'mean' or 'each', got 'sum'$"):
+            await engine.write(items(1), mode="sum")
+        with pytest.raises(InvalidInput, match="more than the capacity 2"):
+            await engine.write(items(3), mode="each")
+        with pytest.raises(InvalidInput, match=r"^item 0 contains NaN or infinity$"):
+            await engine.write([[float("inf")] * 64])
+        with pytest.raises(InvalidInput, match="top_k"):
+            await engine.read(items(1), top_k=0)
+        with pytest.raises(InvalidInput, match=r"^expected querys? of shape"):
+            await engine.read(torch.zeros(2, 5))
+        out = await engine.write(torch.rand(2, 64), mode="each")  # tensors are fine too
+        assert (out.slots, out.used) == ([0, 1], 2)
+        assert (await engine.stats())["writes"] == 2
+    finally:
+        await engine.stop()
+
+
+async def test_not_ready_before_start_and_after_stop(
+    make_settings: Callable[..., Settings], items: Items
+) -> None:
+    engine = Engine(make_settings())
+    with pytest.raises(NotReady, match="service is starting"):
+        await engine.read(items(1))
+    await engine.start()
+    assert engine.ready
+    await engine.stop()
+    with pytest.raises(NotReady, match=r"service is not available \(stopped\)"):
+        await engine.write(items(1))
+
+
+async def test_start_fails_loudly_on_missing_weights(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    engine = Engine(make_settings(weights=tmp_path / "nope.safetensors"))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        await engine.start()
+    assert engine.state == "failed" and engine.error is not None
+    await engine.stop()  # harmless
+
+
+async def test_a_second_engine_may_not_share_the_folder(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    first = await started(settings)
+    try:
+        second = Engine(settings)
+        with pytest.raises(Exception, match="another process is using the snapshot folder"):
+            await second.start()
+        assert second.state == "failed"
+    finally:
+        await first.stop()
+
+
+async def test_refined_codes_are_stored_and_found(
+    make_settings: Callable[..., Settings], items: Items
+) -> None:
+    plain = await started(make_settings())
+    refined = await started(
+        make_settings(
+            refine_steps=3, snapshot_dir=make_settings().snapshot_dir.with_name("refined")
+        )
+    )
+    try:
+        x = items(1)
+        for engine in (plain, refined):
+            await engine.write(x)
+        code_plain, code_refined = (await plain.get_slot(0)).code, (await refined.get_slot(0)).code
+        assert code_plain.tolist() != code_refined.tolist()  # the refinement moved the code
+        [[hit]] = await refined.read(x)
+        assert (hit.slot, hit.count) == (0, 1)
+        assert hit.score == pytest.approx(1.0, abs=1e-4)  # the query is refined the same way
+    finally:
+        await plain.stop()
+        await refined.stop()
