@@ -29,8 +29,6 @@ import argparse
 import os
 import random
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -48,15 +46,10 @@ from model.checkpoint import load_idrp, save_idrp  # noqa: E402
 from model.errors import SnapshotError  # noqa: E402
 from model.idrp import IDRP, tiny_idrp  # noqa: E402
 from model.memory import MemoryBank  # noqa: E402
+from service.process import ServerProcess, free_port  # noqa: E402
 
 CAPACITY = 200_000
 READY_TIMEOUT_S = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -71,54 +64,6 @@ class Ledger:
     writes: int = 0
     deletes: int = 0
     refused: int = 0  # non-200 answers (none expected)
-
-
-class Server:
-    def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.cmd, self.env, self.log_path = cmd, env, log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.base = f"http://127.0.0.1:{env['MT_PORT']}"
-
-    def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 (the child keeps it)
-        log.write(f"\n===== start {time.strftime('%H:%M:%S')} =====\n".encode())
-        log.flush()
-        self.proc = subprocess.Popen(
-            self.cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
-
-    def wait_ready(self, client: httpx.Client) -> float:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < READY_TIMEOUT_S:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode} while starting")
-            try:
-                if client.get(f"{self.base}/readyz", timeout=2).status_code == 200:
-                    return time.monotonic() - t0
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"server not ready after {READY_TIMEOUT_S:.0f} s")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-    def log_tail(self, n: int = 40) -> str:
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(lines[-n:])
 
 
 def load(base: str, ledger: Ledger, d: int, rng: random.Random, stop: threading.Event) -> None:
@@ -246,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         "MT_TORCH_THREADS": "1",
         "MT_LOG_LEVEL": "warning",
     }
-    server = Server(args.server.split(), env, work / "server.log")
+    server = ServerProcess(env, work / "server.log", args.server.split())
     print(f"crash test: {args.trials} trials, fsync={args.fsync}, weights={weights.name}, "
           f"folder={work}")  # fmt: skip
 
@@ -258,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     control = httpx.Client(timeout=10)
     try:
         server.start()
-        ready_times.append(server.wait_ready(control))
+        ready_times.append(server.wait_ready(READY_TIMEOUT_S))
         for trial in range(1, args.trials + 1):
             ledger.touched = set()
             stop = threading.Event()
@@ -271,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             t.join(timeout=30)
             bad_snaps = check_snapshots(snap_dir, fp, m)
             server.start()
-            ready_times.append(server.wait_ready(control))
+            ready_times.append(server.wait_ready(READY_TIMEOUT_S))
             stats = control.get(f"{server.base}/stats").json()
             rec = stats["recovery"]
             last = args.trials == trial
@@ -300,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             shutdown.append(f"the server exited with {code} on SIGTERM")
         shutdown += [f"after SIGTERM: {p}" for p in check_snapshots(snap_dir, fp, m)]
         server.start()
-        ready_times.append(server.wait_ready(control))
+        ready_times.append(server.wait_ready(READY_TIMEOUT_S))
         rec = control.get(f"{server.base}/stats").json()["recovery"]
         if rec["replayed"]:
             shutdown.append(
