@@ -1,4 +1,4 @@
-"""MemoryBank: the runtime memory of MemoryTransit (Sec. 3.3), plus bank snapshots.
+"""MemoryBank: the runtime memory of the MemoryTransit paper (IDRP codes + counters), and snapshots.
 
 The paper keeps a bank of `capacity` slots, each holding one compressed code z_comp (m,) and an
 access counter. A read returns the slot whose code is most similar (cosine) to the query's code
@@ -23,17 +23,23 @@ safetensors itself does not check), written atomically.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import math
+import numbers
+import operator
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, SupportsIndex
 
+import safetensors
 import safetensors.torch
 import torch
 from torch import Tensor
@@ -114,8 +120,13 @@ class SlotView:
 
 
 def _as_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"expected {name} to be an int >= {minimum}, got {value!r}")
+    """An int-like value (int, numpy integer, not bool) that is >= minimum, as an int."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(f"expected {name} to be an int >= {minimum}, got {value!r}") from None
     if value < minimum:
         raise ValueError(f"expected {name} >= {minimum}, got {name}={value}")
     return value
@@ -124,15 +135,48 @@ def _as_int(value: object, name: str, minimum: int) -> int:
 def _unit_rows(x: Tensor) -> Tensor:
     """Rows of x (n, m) float32 scaled to unit length; all-zero rows stay zero (score 0, no NaN).
 
-    Rows are first divided by their largest |entry|, so squares neither overflow (|x| ~ 1e38)
-    nor underflow (|x| ~ 1e-30) and the result has norm 1 up to rounding.
+    Each row's result depends on that row only (so a slot's cached row is the same whether it
+    was computed at assign or on load). Rows whose squares could overflow (|x| ~ 1e20) or
+    underflow (|x| ~ 1e-20) take a slower path that first divides by the largest |entry|.
     """
+    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)  # (n, 1)
+    ok = (norm > 1e-15) & (norm < math.inf)  # (n, 1)
+    out = x / torch.where(ok, norm, 1.0)  # (n, m)
+    if not bool(ok.all()):
+        rows = torch.nonzero(~ok[:, 0]).squeeze(1)
+        out[rows] = _unit_rows_rescaled(x[rows])
+    return out
+
+
+def _unit_rows_rescaled(x: Tensor) -> Tensor:
     peak = x.abs().amax(dim=1, keepdim=True)  # (n, 1)
-    safe_peak = torch.where(peak > 0, peak, torch.ones_like(peak))
-    scaled = x / safe_peak  # (n, m), entries in [-1, 1]
-    norm = torch.linalg.vector_norm(scaled, dim=1, keepdim=True)  # (n, 1), in [1, sqrt(m)] or 0
-    safe_norm = torch.where(norm > 0, norm, torch.ones_like(norm))
-    return scaled / safe_norm
+    scaled = x / torch.where(peak > 0, peak, 1.0)  # (n, m), entries in [-1, 1]
+    norm = torch.linalg.vector_norm(scaled, dim=1, keepdim=True)  # (n, 1): 0 or in [1, sqrt(m)]
+    return scaled / torch.where(norm > 0, norm, 1.0)
+
+
+def _all_finite(t: Tensor) -> bool:
+    """No NaN or inf in t: one min/max pass (NaN propagates), 15x faster than isfinite().all()."""
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t)
+    return bool(lo > -math.inf) and bool(hi < math.inf)
+
+
+def _rank_in_order(slots: Tensor, b: int) -> Tensor:
+    """For each entry of slots (H,), how many entries on the same slot come before it, itself
+    included (1, 2, ...): a stable sort groups equal slots in their original order."""
+    if b == 1:  # one query's top-k slots are distinct
+        return torch.ones_like(slots)
+    order = torch.argsort(slots, stable=True)
+    grouped = slots[order]
+    pos = torch.arange(slots.numel(), device=slots.device)
+    starts = torch.ones_like(grouped, dtype=torch.bool)
+    starts[1:] = grouped[1:] != grouped[:-1]
+    group_start = torch.cummax(torch.where(starts, pos, 0), dim=0).values
+    rank = torch.empty_like(pos)
+    rank[order] = pos - group_start + 1
+    return rank
 
 
 def _content_sha256(tensors: dict[str, Tensor]) -> str:
@@ -140,7 +184,7 @@ def _content_sha256(tensors: dict[str, Tensor]) -> str:
     digest = hashlib.sha256()
     for key in sorted(tensors):
         t = tensors[key].detach().to("cpu").contiguous()
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().data)  # a memoryview: no copy
     return digest.hexdigest()
 
 
@@ -196,9 +240,12 @@ class MemoryBank:
     Reads. The bank keeps a float32 copy of every slot's code scaled to unit length (zeros for
     free or all-zero slots) and an additive mask (0 occupied, -inf free), so a read of B queries
     is one masked matrix product per block of slots, (B, m) x (m, rows), then a top-k: no Python
-    loop over slots or queries. The copy costs capacity * (m + 1) * 4 bytes on top of the codes
-    (`stats()["cache_bytes"]`); it doubles the memory of a float32 bank, and it is what makes
-    float16 and int8 banks read as fast as float32 ones (torch has no fast CPU half/int8 matmul).
+    loop over slots or queries. The copy costs capacity * (m + 1) * 4 bytes on top of the state
+    (`stats()["cache_bytes"]`, e.g. 68 MB for 1M slots of m = 16): it doubles a float32 bank's
+    memory and costs float16 / int8 banks most of what their storage saves. What it buys,
+    measured by bench/bank.py (1M slots, m = 16, 1 thread): a single query reads 4x faster
+    than casting float16/int8 blocks to float32 on the fly (the read is memory-bound); for 256
+    queries the time goes to the (B, rows) score blocks and every variant costs about the same.
     Returned scores are recomputed per (query, slot) pair, so they do not depend on the batch.
     Ties between equal scores go to the lower slot for top_k = 1; for top_k > 1 a tie at the
     k-th place may go to either slot. Zero vectors score 0 against everything, never NaN.
@@ -216,6 +263,18 @@ class MemoryBank:
         scales: Tensor | Sequence[float] | None = None,
         initial_count: int = 0,
     ) -> None:
+        self._configure(capacity, m, device, dtype, scales, initial_count)
+        self._allocate()
+
+    def _configure(
+        self,
+        capacity: int,
+        m: int,
+        device: str | torch.device,
+        dtype: str,
+        scales: Tensor | Sequence[float] | None,
+        initial_count: int,
+    ) -> None:
         self.capacity = _as_int(capacity, "capacity", 1)
         self.m = _as_int(m, "m", 1)
         self.initial_count = _as_int(initial_count, "initial_count", 0)
@@ -232,6 +291,8 @@ class MemoryBank:
         elif scales is not None:
             raise ValueError(f"expected scales=None for dtype {dtype!r} (int8 only), got a value")
 
+    def _allocate(self) -> None:
+        """An empty bank: all slots free, all counters 0."""
         n, dev = self.capacity, self.device
         self.codes = torch.zeros(n, self.m, dtype=self._storage_dtype, device=dev)
         self.counts = torch.zeros(n, dtype=torch.int64, device=dev)
@@ -251,7 +312,7 @@ class MemoryBank:
         if s.shape != (self.m,):
             raise ValueError(f"expected scales of shape ({self.m},), got {tuple(s.shape)}")
         s = s.to(device=self.device, dtype=torch.float32)
-        if not bool(torch.isfinite(s).all()) or not bool((s > 0).all()):
+        if not _all_finite(s) or not bool((s > 0).all()):
             raise ValueError(f"expected finite scales > 0, got {s.tolist()}")
         return s.clone()
 
@@ -263,17 +324,18 @@ class MemoryBank:
         if t.is_complex() or t.dtype == torch.bool:
             raise ValueError(f"expected real {name}, got dtype {t.dtype}")
         t = t.to(device=self.device, dtype=torch.float32)
-        if not bool(torch.isfinite(t).all()):
+        if not _all_finite(t):
             raise ValueError(f"expected finite {name}, got NaN or inf")
         return t
 
     def _check_slot(self, slot: object) -> int:
-        if isinstance(slot, Tensor) and slot.numel() == 1 and not slot.is_floating_point():
-            slot = int(slot.item())
-        if hasattr(slot, "__index__") and not isinstance(slot, bool | float):
-            slot = int(slot.__index__())  # type: ignore[attr-defined]
-        if not isinstance(slot, int) or isinstance(slot, bool):
-            raise ValueError(f"expected an int slot, got {slot!r}")
+        """An int-like slot (int, numpy or one-element tensor integer) -> int in range."""
+        try:
+            if isinstance(slot, bool):
+                raise TypeError
+            slot = operator.index(slot)  # type: ignore[arg-type]
+        except TypeError:
+            raise ValueError(f"expected an int slot, got {slot!r}") from None
         if not 0 <= slot < self.capacity:
             raise SlotNotFound(f"slot {slot} is out of range [0, {self.capacity})")
         return slot
@@ -287,7 +349,7 @@ class MemoryBank:
             q = torch.round(z / self.scales).clamp_(-_INT8_MAX, _INT8_MAX)
             return q.to(torch.int8)
         stored = z.to(self._storage_dtype)
-        if not bool(torch.isfinite(stored).all()):
+        if not _all_finite(stored):
             raise ValueError(f"expected codes within {self.dtype} range, got values that overflow")
         return stored
 
@@ -299,8 +361,7 @@ class MemoryBank:
         return c.to(torch.float32)
 
     def _rebuild_cache(self) -> None:
-        self._unit = _unit_rows(self._dequantise(self.codes))
-        self._unit[~self.occupied] = 0.0
+        self._unit = _unit_rows(self._dequantise(self.codes))  # free slots hold zero codes
         self._mask = torch.where(self.occupied, 0.0, -math.inf).to(torch.float32)
         self._block = None
 
@@ -367,8 +428,9 @@ class MemoryBank:
         q = self._check_rows(queries, "queries")  # (B, m)
         k = _as_int(top_k, "top_k", 1)
         if min_score is not None:
-            if isinstance(min_score, bool) or not isinstance(min_score, int | float):
+            if isinstance(min_score, bool) or not isinstance(min_score, numbers.Real):
                 raise ValueError(f"expected min_score to be a float or None, got {min_score!r}")
+            min_score = float(min_score)
             if not math.isfinite(min_score):
                 raise ValueError(f"expected a finite min_score, got {min_score}")
         b, dev = q.shape[0], self.device
@@ -381,12 +443,13 @@ class MemoryBank:
         valid = self.occupied[cand]
         if min_score is not None:
             valid &= scores >= min_score
-        # Best first, ties by lower slot: sort by slot, then stably by score (invalid last).
         key = torch.where(valid, scores, -math.inf)
-        by_slot = torch.argsort(cand, dim=1, stable=True)
-        cand, key, valid = cand.gather(1, by_slot), key.gather(1, by_slot), valid.gather(1, by_slot)
-        order = torch.argsort(key, dim=1, descending=True, stable=True)
-        cand, key, valid = cand.gather(1, order), key.gather(1, order), valid.gather(1, order)
+        if kk > 1:  # best first, ties by lower slot: by slot, then stably by score, invalid last
+            by_slot = torch.argsort(cand, dim=1, stable=True)
+            cand, key = cand.gather(1, by_slot), key.gather(1, by_slot)
+            valid = valid.gather(1, by_slot)
+            order = torch.argsort(key, dim=1, descending=True, stable=True)
+            cand, key, valid = cand.gather(1, order), key.gather(1, order), valid.gather(1, order)
 
         slots = torch.full((b, k), -1, dtype=torch.int64, device=dev)
         out_scores = torch.zeros((b, k), dtype=torch.float32, device=dev)
@@ -398,16 +461,7 @@ class MemoryBank:
         hit_pos = torch.nonzero(flat >= 0).squeeze(1)  # (H,)
         hit_slots = flat[hit_pos]  # (H,)
         if hit_slots.numel():
-            # For each hit, how many hits on the same slot come before it (itself included).
-            order_h = torch.argsort(hit_slots, stable=True)
-            sorted_slots = hit_slots[order_h]
-            pos = torch.arange(hit_slots.numel(), device=dev)
-            starts = torch.ones_like(sorted_slots, dtype=torch.bool)
-            starts[1:] = sorted_slots[1:] != sorted_slots[:-1]
-            group_start = torch.cummax(torch.where(starts, pos, 0), dim=0).values
-            rank = torch.empty_like(pos)
-            rank[order_h] = pos - group_start + 1
-            out_counts.view(-1)[hit_pos] = self.counts[hit_slots] + rank
+            out_counts.view(-1)[hit_pos] = self.counts[hit_slots] + _rank_in_order(hit_slots, b)
             self.counts.index_add_(0, hit_slots, torch.ones_like(hit_slots))
             hit_ticks = self.tick + 1 + torch.div(hit_pos, k, rounding_mode="floor")
             self.last_access.scatter_reduce_(0, hit_slots, hit_ticks, reduce="amax")
@@ -502,7 +556,7 @@ class MemoryBank:
 
     # ------------------------------------------------------------------ slots
 
-    def get(self, slot: int) -> SlotView:
+    def get(self, slot: SupportsIndex) -> SlotView:
         """The slot's dequantised code and counters (does not count as an access)."""
         s = self._check_slot(slot)
         if not bool(self.occupied[s]):
@@ -526,7 +580,7 @@ class MemoryBank:
             raise SlotNotFound(f"slot {int(free[0])} is not occupied")
         return self._dequantise(self.codes[idx])
 
-    def delete(self, slot: int) -> None:
+    def delete(self, slot: SupportsIndex) -> None:
         """Free one occupied slot (its code, count and ticks go back to zero)."""
         s = self._check_slot(slot)
         if not bool(self.occupied[s]):
@@ -552,7 +606,8 @@ class MemoryBank:
 
     def stats(self) -> dict[str, Any]:
         """Counters and occupancy. count_* are over occupied slots (0 when the bank is empty);
-        bytes = the state tensors, cache_bytes = the float32 read cache on top of them."""
+        bytes = the state tensors, cache_bytes = the float32 read cache on top of them (both
+        beyond the contract's keys, as is tick)."""
         occ = self.counts[self.occupied]
         used = int(occ.numel())
         state = self._state_tensors()
@@ -569,6 +624,7 @@ class MemoryBank:
             "count_min": int(occ.min()) if used else 0,
             "count_mean": float(occ.double().mean()) if used else 0.0,
             "count_max": int(occ.max()) if used else 0,
+            "count_sum": int(occ.sum()),
             "dtype": self.dtype,
             "bytes": sum(t.numel() * t.element_size() for t in state.values()),
             "cache_bytes": sum(t.numel() * t.element_size() for t in cache),
@@ -637,10 +693,10 @@ class MemoryBank:
             return f"inconsistent state: evictions {evictions} > writes {writes}"
         if "scales" in cpu:
             s = cpu["scales"]
-            if not bool(torch.isfinite(s).all()) or not bool((s > 0).all()):
+            if not _all_finite(s) or not bool((s > 0).all()):
                 return "inconsistent state: scales must be finite and > 0"
         if codes.is_floating_point():
-            if not bool(torch.isfinite(codes).all()):
+            if not _all_finite(codes):
                 return "inconsistent state: non-finite codes"
         elif bool((codes < -_INT8_MAX).any()):
             return f"inconsistent state: int8 codes below -{_INT8_MAX}"
@@ -664,14 +720,18 @@ class MemoryBank:
         problem = self._state_problem(state)
         if problem is not None:
             raise ValueError(f"state dict {problem}")
+        self._set_state({k: v.detach().clone() for k, v in state.items()})
+
+    def _set_state(self, state: dict[str, Tensor]) -> None:
+        """Adopt checked state tensors (not copied when already on the device)."""
         dev = self.device
-        self.codes = state["codes"].detach().to(dev).clone()
-        self.counts = state["counts"].detach().to(dev).clone()
-        self.occupied = state["occupied"].detach().to(dev).clone()
-        self.last_write = state["last_write"].detach().to(dev).clone()
-        self.last_access = state["last_access"].detach().to(dev).clone()
+        self.codes = state["codes"].to(dev)
+        self.counts = state["counts"].to(dev)
+        self.occupied = state["occupied"].to(dev)
+        self.last_write = state["last_write"].to(dev)
+        self.last_access = state["last_access"].to(dev)
         if self.dtype == "int8":
-            self.scales = state["scales"].detach().to(dev).clone()
+            self.scales = state["scales"].to(dev)
         for name, value in zip(COUNTER_NAMES, state["counters"].tolist(), strict=True):
             setattr(self, name, int(value))
         self._rebuild_cache()
@@ -708,24 +768,25 @@ class MemoryBank:
             "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
             "sha256": _content_sha256(tensors),
         }
-        data = safetensors.torch.save(tensors, metadata=metadata)
         target = Path(path)
         folder = target.parent if str(target.parent) else Path(".")
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            _save_file(tensors, tmp, metadata)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
             os.replace(tmp, target)
         except BaseException:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
             raise
         _fsync_dir(folder)
-        return len(data)
+        return size
 
     @classmethod
     def load(
@@ -791,21 +852,29 @@ class MemoryBank:
                 f"snapshot {p} has dtype {dtype!r}, expected one of {sorted(DTYPES)}"
             )
 
-        # A placeholder scale builds the bank; the real one comes with the state after checks.
+        # Configure without allocating (the state comes from the file); a placeholder scale
+        # passes the int8 check, the real one comes with the state after its checks.
         scales = torch.ones(ints["m"]) if dtype == "int8" else None
-        bank = cls(
-            ints["capacity"],
-            ints["m"],
-            device=device,
-            dtype=dtype,
-            scales=scales,
-            initial_count=ints["initial_count"],
-        )
+        bank = cls.__new__(cls)
+        bank._configure(ints["capacity"], ints["m"], device, dtype, scales, ints["initial_count"])
         problem = bank._state_problem(tensors)
         if problem is not None:
             raise SnapshotError(f"snapshot {p} {problem}")
-        bank.load_state_dict(tensors)
+        bank._set_state(tensors)  # fresh tensors from the file: no copy needed
         return bank, dict(meta)
+
+
+def _save_file(tensors: dict[str, Tensor], path: str, metadata: dict[str, str]) -> None:
+    """safetensors.torch.save_file (3x faster than save() to bytes + write, and no extra copy
+    in memory), with its I/O failures raised as OSError like any other write: safetensors
+    reports them as SafetensorError "... (os error 28)", and callers tell a full disk by errno.
+    """
+    try:
+        safetensors.torch.save_file(tensors, path, metadata=metadata)
+    except safetensors.SafetensorError as e:
+        found = re.search(r"os error (\d+)", str(e))
+        code = int(found.group(1)) if found else errno.EIO
+        raise OSError(code, f"{os.strerror(code)} ({e})", path) from e
 
 
 def _read_metadata(data: bytes) -> dict[str, str] | None:
@@ -878,7 +947,7 @@ class IDRPMemory:
         if t.dim() != 2 or t.shape[1] != d or t.shape[0] < 1:
             raise ValueError(f"expected x of shape (B >= 1, {d}), got {tuple(t.shape)}")
         t = t.to(torch.float32)
-        if not bool(torch.isfinite(t).all()):
+        if not _all_finite(t):
             raise ValueError("expected finite x, got NaN or inf")
         return t
 

@@ -615,7 +615,12 @@ class Engine:
             "misses": b["misses"],
             "writes": b["writes"],
             "evictions": b["evictions"],
-            "counts": {"min": b["count_min"], "mean": b["count_mean"], "max": b["count_max"]},
+            "counts": {
+                "min": b["count_min"],
+                "mean": b["count_mean"],
+                "max": b["count_max"],
+                "sum": b["count_sum"],
+            },
             "batching": {
                 "batches": self._batches,
                 "queries": self._batched_queries,

@@ -202,6 +202,7 @@ class CountSummary(BaseModel):
     min: int
     mean: float
     max: int
+    sum: int = Field(description="Total access count of occupied slots.")
 
 
 class LastSnapshot(BaseModel):

@@ -73,7 +73,7 @@ def test_stats_fields(client: TestClient, weights_file: Path) -> None:
     assert {k: s[k] for k in ("reads", "hits", "misses", "writes", "evictions")} == dict.fromkeys(
         ("reads", "hits", "misses", "writes", "evictions"), 0
     )
-    assert s["counts"] == {"min": 0, "mean": 0.0, "max": 0}
+    assert s["counts"] == {"min": 0, "mean": 0.0, "max": 0, "sum": 0}
     assert s["last_snapshot"] is None
     assert s["recovery"] == {"snapshot": None, "replayed": 0, "warnings": []}
 
