@@ -222,7 +222,10 @@ class MemoryBank:
     slots of one assign share its tick.
 
     Replacement. `choose_slots` takes the lowest free slots first, then the occupied slots with
-    the lowest (count, last touched, slot), last touched = max(last_write, last_access).
+    the lowest (count, last touched, slot), last touched = max(last_write, last_access). With
+    `decay_ticks` > 0 (a policy setting, not state: it is not saved in snapshots), the count used
+    for that choice is halved for every decay_ticks ticks the slot sat untouched, as Redis ages
+    its LFU counters (LFU_DECAY_TIME); the counts stored and reported never change.
 
     initial_count. A written slot's count starts at initial_count (the paper: 0). Redis LFU
     starts new keys at LFU_INIT_VAL = 5 so that a fresh key, which has had no time to be read,
@@ -232,10 +235,12 @@ class MemoryBank:
     touched, slot) comes out the same for every initial_count: a fresh slot already outlives
     every older slot that has not been hit either (it is the most recently touched), and it
     cannot outlive older slots that have been hit, whatever initial_count is (in a full bank
-    whose other slots were all read, consecutive writes keep replacing the newest slot). Here
-    initial_count > 0 only changes the counts reported (Redis-like numbers) and gives a
-    future decay room to work; with the paper's free test (count == 0) it would also have kept
-    a just-written slot from looking free. 0, the default, reproduces the paper.
+    whose other slots were all read, consecutive writes keep replacing the newest slot). With
+    decay on (`decay_ticks` > 0) initial_count does protect fresh slots, as in Redis: a slot
+    hit often long ago decays below a fresh slot's initial_count and goes first. Without decay,
+    initial_count > 0 only changes the counts reported; with the paper's free test (count == 0)
+    it would also have kept a just-written slot from looking free. 0 and no decay, the
+    defaults, reproduce the paper.
 
     Reads. The bank keeps a float32 copy of every slot's code scaled to unit length (zeros for
     free or all-zero slots) and an additive mask (0 occupied, -inf free), so a read of B queries
@@ -262,8 +267,10 @@ class MemoryBank:
         dtype: str = "float32",
         scales: Tensor | Sequence[float] | None = None,
         initial_count: int = 0,
+        decay_ticks: int = 0,
     ) -> None:
         self._configure(capacity, m, device, dtype, scales, initial_count)
+        self.decay_ticks = _as_int(decay_ticks, "decay_ticks", 0)
         self._allocate()
 
     def _configure(
@@ -490,8 +497,11 @@ class MemoryBank:
         if need == 0:
             return chosen, []
         cand = torch.nonzero(self.occupied).squeeze(1)  # (U,), ascending slot
-        count = self.counts[cand]
         touched = torch.maximum(self.last_write[cand], self.last_access[cand])
+        count = self.counts[cand]
+        if self.decay_ticks:  # LFU aging: halve a slot's count per decay_ticks it sat idle
+            halvings = ((self.tick - touched) // self.decay_ticks).clamp(max=62)
+            count = count >> halvings
         # Select the `need` smallest (count, touched, slot) in O(U): threshold on count, then
         # on touched among the tied, then the lowest slots; sort only the few chosen.
         c_kth = torch.kthvalue(count, need).values

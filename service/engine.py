@@ -204,6 +204,7 @@ class Engine:
             device=device,
         )
         bank = recovery.bank
+        bank.decay_ticks = s.lfu_decay_ticks  # a policy, not state: always from the settings
         if bank.dtype != s.bank_dtype:
             recovery.warnings.append(
                 f"the snapshot's bank stores {bank.dtype} codes, MT_BANK_DTYPE={s.bank_dtype}: "

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Access count a freshly written slot starts with (0 = the paper's reset).",
     )
+    lfu_decay_ticks: int = Field(
+        default=0,
+        ge=0,
+        description="Halve a slot's count for eviction per this many bank ticks it sat idle "
+        "(Redis-style LFU aging; makes MT_INITIAL_COUNT protect fresh slots). 0 = off (paper).",
+    )
 
     # --- persistence
     snapshot_dir: Path = Field(

@@ -298,3 +298,21 @@ async def test_refined_codes_are_stored_and_found(
     finally:
         await plain.stop()
         await refined.stop()
+
+
+async def test_lfu_decay_setting_reaches_the_bank_also_after_recovery(
+    make_settings: Callable[..., Settings], items: Items
+) -> None:
+    settings = make_settings(lfu_decay_ticks=7, initial_count=5)
+    engine = await started(settings)
+    try:
+        assert engine.bank is not None and engine.bank.decay_ticks == 7
+        await engine.write(items(2), mode="each")
+    finally:
+        await engine.stop()
+    engine = await started(make_settings(lfu_decay_ticks=3, initial_count=5))
+    try:
+        assert engine.bank is not None and engine.bank.decay_ticks == 3  # policy: from settings
+        assert engine.bank.used == 2
+    finally:
+        await engine.stop()

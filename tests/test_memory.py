@@ -592,3 +592,21 @@ def test_idrp_memory_with_tiny_idrp() -> None:
     assert r.reconstructions is not None
     expected = model.decode(model.encode(x))
     assert torch.allclose(r.reconstructions[:, 0], expected, atol=1e-5)
+
+
+def test_lfu_decay_lets_initial_count_protect_fresh_slots() -> None:
+    def fill(decay_ticks: int) -> MemoryBank:
+        bank = MemoryBank(2, 2, initial_count=5, decay_ticks=decay_ticks)
+        bank.write(torch.tensor([[1.0, 0.0]]), mode="each")  # slot 0: old, read a lot long ago
+        for _ in range(8):
+            bank.read(torch.tensor([[1.0, 0.0]]))  # count 5 + 8 = 13, last touched at tick 9
+        misses = bank.read(torch.full((40, 2), -1.0), min_score=1.0)  # 40 ticks, nothing touched
+        assert (misses.slots == -1).all()
+        bank.write(torch.tensor([[0.0, 1.0]]), mode="each")  # slot 1: fresh, count 5, tick 50
+        return bank
+
+    # without decay the fresh slot (5 < 13) is evicted; with it slot 0 has sat idle for
+    # 41 ticks, 13 >> 4 = 0 < 5 (slot 1 was just written: 5 >> 0 = 5)
+    assert fill(0).choose_slots(1) == ([1], [1])
+    assert fill(10).choose_slots(1) == ([0], [0])
+    assert fill(10).counts.tolist() == fill(0).counts.tolist()  # decay never changes counts
