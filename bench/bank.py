@@ -14,7 +14,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -34,6 +33,7 @@ import faiss
 import numpy as np
 import torch
 
+from bench import common
 from model.memory import MemoryBank
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,28 +65,14 @@ def timings(
     return samples
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine() -> dict[str, Any]:
+    """bench.common's machine facts plus this bench's thread counts and versions."""
     return {
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        **common.machine(),
+        **common.versions(),
         "torch_threads": torch.get_num_threads(),
         "faiss_threads": faiss.omp_get_max_threads(),
-        "torch": torch.__version__,
         "faiss": faiss.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
         "loadavg_start": list(os.getloadavg()),
     }
 
