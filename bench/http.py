@@ -8,10 +8,11 @@ Starts `python -m service` (one uvicorn worker, 127.0.0.1, a free port, a tempor
 folder, MT_SNAPSHOT_EVERY_S=0) with a FULL bank of N slots (MT_CAPACITY=N, filled with POST
 /write mode "each" in batches of 1000 random [0, 1] items, so every write in the run evicts),
 and bench/hello_app.py under the same uvicorn settings (one worker, loop and http "auto", the
-same log level). `wrk` loads both, one target at a time, for S seconds per cell at 1, 16 and 64
-connections; the cells run interleaved (all targets at 1 connection, then all at 16, ...) and
-the hello-world GET is measured twice per connection count, so a busy neighbour skews a target
-and its yardstick alike and the drift between the two shows how noisy the machine was.
+same log level, the access log off as MT_ACCESS_LOG's default has it). `wrk` loads both, one
+target at a time, for S seconds per cell at 1, 16 and 64 connections; the cells run interleaved
+(all targets at 1 connection, then all at 16, ...) and the hello-world GET is measured twice per
+connection count, so a busy neighbour skews a target and its yardstick alike and the drift
+between the two shows how noisy the machine was.
 
 The machine is shared and small: absolute numbers move from run to run, the ratios to the
 hello-world app measured in the same run are what to compare. By default the servers run on
@@ -196,7 +197,7 @@ def start_service(name: str, tmp: Path, cpus: str | None, **settings: Any) -> Se
     return Server(name, port, proc, log, "/readyz", env)
 
 
-def start_hello(tmp: Path, cpus: str | None, log_level: str) -> Server:
+def start_hello(tmp: Path, cpus: str | None, log_level: str, access_log: bool) -> Server:
     """bench/hello_app.py under the uvicorn settings `python -m service` uses."""
     port = free_port()
     argv = [
@@ -216,6 +217,7 @@ def start_hello(tmp: Path, cpus: str | None, log_level: str) -> Server:
         "auto",
         "--log-level",
         log_level,
+        *([] if access_log else ["--no-access-log"]),
     ]
     log = tmp / "hello.log"
     proc = subprocess.Popen(
@@ -425,7 +427,8 @@ def render(report: dict[str, Any]) -> str:
         f"{report['loadavg_end'][0]:.1f} at "
         f"the end (a shared machine: compare the ratios, not the absolute numbers). "
         f"Python {v['python']}, uvicorn {v['uvicorn']} (loop {s['uvicorn_loop']}, http "
-        f"{s['uvicorn_http']}, one worker, log level {s['log_level']}), FastAPI {v['fastapi']}, "
+        f"{s['uvicorn_http']}, one worker, log level {s['log_level']}, access log "
+        f"{'on' if s.get('access_log', True) else 'off'}), FastAPI {v['fastapi']}, "
         f"Starlette {v['starlette']}, pydantic {v['pydantic']}, orjson {v['orjson']}, torch "
         f"{v['torch']}; client {report['client']}.",
         "",
@@ -541,6 +544,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "server_cpus": server_cpus,
             "client_cpus": client_cpus,
             "log_level": args.log_level,
+            "access_log": defaults["access_log"].default,  # MT_ACCESS_LOG, also for hello
             "weights": weights,
             "batch_wait_ms": defaults["batch_wait_ms"].default,
             "uvicorn_loop": "uvloop" if pkgs["uvloop"] else "asyncio",
@@ -555,7 +559,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tmp = Path(tmp_name)
         servers: list[Server] = []
         try:
-            hello = start_hello(tmp, server_cpus, args.log_level)
+            hello = start_hello(tmp, server_cpus, args.log_level, report["settings"]["access_log"])
             servers.append(hello)
             banks: dict[tuple[int, str], Server] = {}
             common = {

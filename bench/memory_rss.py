@@ -15,8 +15,8 @@ MT_WAL_FSYNC=off, MT_SNAPSHOT_EVERY_S=0, MT_SNAPSHOT_ON_SHUTDOWN=false):
 RSS is VmRSS from /proc/<pid>/status (RssAnon beside it: without file-backed pages such as
 the shared libraries). The bank's bytes are GET /stats "bank_bytes" (codes, counts, occupied,
 last_write, last_access); the read cache that MemoryBank keeps on top of them (unit-length
-float32 codes and a float32 mask: capacity * (m + 1) * 4 bytes, see model/memory.py) is not in
-/stats and is computed here. Overhead = RSS delta (big - baseline) / those bytes; 1.0 would be
+float32 codes and a float32 mask: capacity * (m + 1) * 4 bytes, see model/memory.py) is GET
+/stats "cache_bytes". Overhead = RSS delta (big - baseline) / those bytes; 1.0 would be
 a server that holds nothing per slot beyond the bank. "empty" is the RSS of the big server
 as soon as it is ready, before any write: the bank's tensors are allocated and zeroed (so
 resident) at start, which is why filling adds little.
@@ -131,7 +131,10 @@ def big(dtype: str, slots: int, tmp: Path, d: int) -> dict[str, Any]:
             "after_reads": after_reads,
             "after_snapshot": after_snapshot,
             "snapshot": {"bytes": snap["bytes"], "seconds": snapshot_s},
-            "stats": {k: stats[k] for k in ("capacity", "used", "m", "bank_dtype", "bank_bytes")},
+            "stats": {
+                k: stats[k]
+                for k in ("capacity", "used", "m", "bank_dtype", "bank_bytes", "cache_bytes")
+            },
         }
     finally:
         s.stop()
@@ -140,7 +143,7 @@ def big(dtype: str, slots: int, tmp: Path, d: int) -> dict[str, Any]:
 def summarise(dtype: str, slots: int, base: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     m = b["stats"]["m"]
     bank = b["stats"]["bank_bytes"]
-    cache = slots * (m + 1) * 4
+    cache = b["stats"]["cache_bytes"]
     rss, anon = b["after_reads"]["VmRSS"], b["after_reads"]["RssAnon"]
     delta = rss - base["warm"]["VmRSS"]
     return {
@@ -169,7 +172,8 @@ def summarise(dtype: str, slots: int, base: dict[str, Any], b: dict[str, Any]) -
 
 def table(rows_: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| dtype | slots | code MiB | bank MiB (/stats) | + read cache MiB | baseline RSS MiB "
+        "| dtype | slots | code MiB | bank MiB (/stats) | + read cache MiB (/stats) "
+        "| baseline RSS MiB "
         "| empty RSS MiB | filled RSS MiB | RSS delta MiB | delta / bank "
         "| delta / (bank + cache) | peak before / after /snapshot MiB "
         "| RSS after /snapshot MiB |",
@@ -211,10 +215,10 @@ def render(report: dict[str, Any]) -> str:
         *table(rows_),
         "",
         "code = slots x m x the dtype's size, the part the dtype changes; bank = what GET /stats "
-        "reports as bank_bytes (codes plus 17 bytes of counters per slot); read cache = the "
-        "float32 unit-length copy of every code plus the mask, (m + 1) x 4 bytes per slot "
-        "whatever the dtype; empty = RSS of the big server before its first write (its tensors "
-        "are zeroed, so resident, at start: filling adds only "
+        "reports as bank_bytes (codes plus 17 bytes of counters per slot); read cache = "
+        "cache_bytes in /stats, the float32 unit-length copy of every code plus the mask, "
+        "(m + 1) x 4 bytes per slot whatever the dtype; empty = RSS of the big server before "
+        "its first write (its tensors are zeroed, so resident, at start: filling adds only "
         + ", ".join(f"{r['fill_growth'] / MIB:.0f}" for r in rows_)
         + " MiB); peak = VmHWM before and after one POST /snapshot "
         "("

@@ -33,7 +33,7 @@ import operator
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,6 +57,7 @@ __all__ = [
     "ReadResult",
     "SlotView",
     "WriteResult",
+    "save_state",
 ]
 
 FORMAT_VERSION = "1"
@@ -491,34 +492,88 @@ class MemoryBank:
         n = _as_int(n, "n", 0)
         if n > self.capacity:
             raise ValueError(f"expected n <= capacity={self.capacity}, got n={n}")
-        free = torch.nonzero(~self.occupied).squeeze(1)  # ascending
-        chosen = free[:n].tolist()
-        need = n - len(chosen)
-        if need == 0:
-            return chosen, []
-        cand = torch.nonzero(self.occupied).squeeze(1)  # (U,), ascending slot
-        touched = torch.maximum(self.last_write[cand], self.last_access[cand])
-        count = self.counts[cand]
-        if self.decay_ticks:  # LFU aging: halve a slot's count per decay_ticks it sat idle
-            halvings = ((self.tick - touched) // self.decay_ticks).clamp(max=62)
-            count = count >> halvings
-        # Select the `need` smallest (count, touched, slot) in O(U): threshold on count, then
-        # on touched among the tied, then the lowest slots; sort only the few chosen.
-        c_kth = torch.kthvalue(count, need).values
-        take = count < c_kth
-        tied = count == c_kth
-        r = need - int(take.sum().item())
-        t_kth = torch.kthvalue(touched[tied], r).values
-        take |= tied & (touched < t_kth)
-        last = torch.nonzero(tied & (touched == t_kth)).squeeze(1)
-        take[last[: need - int(take.sum().item())]] = True
-        sel = cand[take]
-        sel_count, sel_touched = count[take], touched[take]
-        # Order the selected by (count, touched, slot): sel is already by slot; stable sorts.
-        o = torch.argsort(sel_touched, stable=True)
-        o = o[torch.argsort(sel_count[o], stable=True)]
-        evicted = sel[o].tolist()
-        return chosen + evicted, evicted
+        return _choose(
+            n,
+            self.occupied,
+            self.counts,
+            self.last_write,
+            self.last_access,
+            self.tick,
+            self.decay_ticks,
+        )
+
+    def plan_writes(self, sizes: Sequence[int]) -> list[tuple[list[int], list[int]]]:
+        """(slots, evicted) for consecutive writes of these sizes, exactly what choose_slots(n)
+        then assign(slots, ...) for each in turn would give (the codes do not matter to the
+        choice), without changing anything: a group of writes is planned, logged, then
+        assigned one by one. A later write of the group may take a slot an earlier one just
+        wrote (in a full bank whose other slots were all read, the fresh slot is the LFU one),
+        as consecutive writes do.
+
+        Without decay one pass over the bank serves the whole group: the slots the group has
+        not touched keep their order (count, last touched, slot) from write to write, so the
+        first sum(sizes) of them in that order, merged with the group's fresh slots (count
+        initial_count, touched at their write's tick, which is later than any other), decide
+        every choice. With decay the counts age with each write's tick: each write is chosen
+        on a copy of the counters, one pass per write.
+        """
+        sizes = [_as_int(n, "n", 0) for n in sizes]
+        if any(n > self.capacity for n in sizes):
+            raise ValueError(f"expected sizes <= capacity={self.capacity}, got {sizes}")
+        if self.decay_ticks:
+            return self._plan_writes_aged(sizes)
+        first, _ = _choose(
+            min(sum(sizes), self.capacity),
+            self.occupied,
+            self.counts,
+            self.last_write,
+            self.last_access,
+            self.tick,
+            0,
+        )
+        first_t = torch.tensor(first, dtype=torch.int64, device=self.device)
+        was_occupied = self.occupied[first_t].tolist()
+        counts = self.counts[first_t].tolist()
+        fresh: list[int] = []  # slots the group wrote, in order (count initial_count), oldest first
+        pos, plans = 0, []
+        for n in sizes:
+            slots, evicted = [], []
+            f = 0
+            for _ in range(n):
+                # An untouched slot goes first when free, or when its (count, touched) is below a
+                # fresh slot's (initial_count, a later tick): count <= initial_count.
+                take_first = pos < len(first) and (
+                    not was_occupied[pos] or counts[pos] <= self.initial_count or f == len(fresh)
+                )
+                if take_first:
+                    slot = first[pos]
+                    if was_occupied[pos]:
+                        evicted.append(slot)
+                    pos += 1
+                else:
+                    slot = fresh[f]
+                    evicted.append(slot)
+                    f += 1
+                slots.append(slot)
+            # this write's slots are the freshest now, among themselves by slot (same tick)
+            fresh = fresh[f:] + sorted(slots)
+            plans.append((slots, evicted))
+        return plans
+
+    def _plan_writes_aged(self, sizes: list[int]) -> list[tuple[list[int], list[int]]]:
+        occupied, counts = self.occupied.clone(), self.counts.clone()
+        last_write, last_access = self.last_write.clone(), self.last_access.clone()
+        tick, plans = self.tick, []
+        for n in sizes:
+            slots, evicted = _choose(
+                n, occupied, counts, last_write, last_access, tick, self.decay_ticks
+            )
+            idx = torch.tensor(slots, dtype=torch.int64, device=self.device)
+            tick += 1  # as assign does
+            occupied[idx], counts[idx] = True, self.initial_count
+            last_write[idx], last_access[idx] = tick, 0
+            plans.append((slots, evicted))
+        return plans
 
     def assign(
         self, slots: Sequence[int] | Tensor, codes: Tensor | Sequence[Sequence[float]]
@@ -665,33 +720,11 @@ class MemoryBank:
         """Copies of the state tensors; "counters" is int64 (6,) in `COUNTER_NAMES` order."""
         return {k: v.detach().clone() for k, v in self._state_tensors().items()}
 
-    def _state_problem(self, state: dict[str, Tensor]) -> str | None:
+    def _state_problem(self, state: Mapping[str, Tensor]) -> str | None:
         """Why `state` cannot be this bank's state, or None when it can."""
-        expected = set(_STATE_KEYS) | ({"scales"} if self.dtype == "int8" else set())
-        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-        if missing:
-            return f"lacks tensor(s) {missing}"
-        if extra:
-            return f"has unexpected tensor(s) {extra}"
-        n, m = self.capacity, self.m
-        specs: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {
-            "codes": (self._storage_dtype, (n, m)),
-            "counts": (torch.int64, (n,)),
-            "occupied": (torch.bool, (n,)),
-            "last_write": (torch.int64, (n,)),
-            "last_access": (torch.int64, (n,)),
-            "counters": (torch.int64, (len(COUNTER_NAMES),)),
-            "scales": (torch.float32, (m,)),
-        }
-        for key in sorted(expected):
-            t = state[key]
-            if not isinstance(t, Tensor):
-                return f"tensor {key!r} is not a tensor"
-            dtype, shape = specs[key]
-            if t.dtype != dtype:
-                return f"tensor {key!r} has dtype {t.dtype}, expected {dtype}"
-            if tuple(t.shape) != shape:
-                return f"tensor {key!r} has shape {tuple(t.shape)}, expected {shape}"
+        problem = _layout_problem(state, self.capacity, self.m, self.dtype)
+        if problem is not None:
+            return problem
         cpu = {k: v.detach().to("cpu") for k, v in state.items()}
         occ, codes = cpu["occupied"], cpu["codes"]
         tick, reads, hits, misses, writes, evictions = cpu["counters"].tolist()
@@ -751,52 +784,15 @@ class MemoryBank:
     def save(
         self, path: str | os.PathLike[str], *, fingerprint: str, extra: dict[str, str] | None = None
     ) -> int:
-        """Write one safetensors snapshot atomically; returns its size in bytes.
-
-        Temp file in the same folder, flush + fsync, os.replace over `path`, fsync the folder:
-        a crash leaves either the old file or the new one, never a torn one.
-        """
-        if not isinstance(fingerprint, str) or not fingerprint:
-            raise ValueError(f"expected a non-empty fingerprint string, got {fingerprint!r}")
-        extra = dict(extra or {})
-        clash = sorted(set(extra) & set(_RESERVED_METADATA))
-        if clash:
-            raise ValueError(
-                f"expected extra keys other than {list(_RESERVED_METADATA)}, got {clash}"
-            )
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
-            raise ValueError(f"expected extra as dict[str, str], got {extra!r}")
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self._state_tensors().items()}
-        metadata = {
-            **extra,
-            "format_version": FORMAT_VERSION,
-            "capacity": str(self.capacity),
-            "m": str(self.m),
-            "dtype": self.dtype,
-            "initial_count": str(self.initial_count),
-            "fingerprint": fingerprint,
-            "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
-            "sha256": _content_sha256(tensors),
-        }
-        target = Path(path)
-        folder = target.parent if str(target.parent) else Path(".")
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        try:
-            _save_file(tensors, tmp, metadata)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-                size = os.fstat(fd).st_size
-            finally:
-                os.close(fd)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(folder)
-        return size
+        """Write one safetensors snapshot atomically; returns its size in bytes. See
+        `save_state`, which this calls with the bank's own tensors (no copy on the CPU)."""
+        return save_state(
+            path,
+            self._state_tensors(),
+            fingerprint=fingerprint,
+            initial_count=self.initial_count,
+            extra=extra,
+        )
 
     @classmethod
     def load(
@@ -867,11 +863,152 @@ class MemoryBank:
         scales = torch.ones(ints["m"]) if dtype == "int8" else None
         bank = cls.__new__(cls)
         bank._configure(ints["capacity"], ints["m"], device, dtype, scales, ints["initial_count"])
+        bank.decay_ticks = 0  # a policy, not state: not in the file, the caller sets its own
         problem = bank._state_problem(tensors)
         if problem is not None:
             raise SnapshotError(f"snapshot {p} {problem}")
         bank._set_state(tensors)  # fresh tensors from the file: no copy needed
         return bank, dict(meta)
+
+
+def _choose(
+    n: int,
+    occupied: Tensor,
+    counts: Tensor,
+    last_write: Tensor,
+    last_access: Tensor,
+    tick: int,
+    decay_ticks: int,
+) -> tuple[list[int], list[int]]:
+    """MemoryBank.choose_slots over these state tensors (n <= capacity, checked by callers)."""
+    free = torch.nonzero(~occupied).squeeze(1)  # ascending
+    chosen = free[:n].tolist()
+    need = n - len(chosen)
+    if need == 0:
+        return chosen, []
+    cand = torch.nonzero(occupied).squeeze(1)  # (U,), ascending slot
+    touched = torch.maximum(last_write[cand], last_access[cand])
+    count = counts[cand]
+    if decay_ticks:  # LFU aging: halve a slot's count per decay_ticks it sat idle
+        halvings = ((tick - touched) // decay_ticks).clamp(max=62)
+        count = count >> halvings
+    # Select the `need` smallest (count, touched, slot) in O(U): threshold on count, then
+    # on touched among the tied, then the lowest slots; sort only the few chosen.
+    c_kth = torch.kthvalue(count, need).values
+    take = count < c_kth
+    tied = count == c_kth
+    r = need - int(take.sum().item())
+    t_kth = torch.kthvalue(touched[tied], r).values
+    take |= tied & (touched < t_kth)
+    last = torch.nonzero(tied & (touched == t_kth)).squeeze(1)
+    take[last[: need - int(take.sum().item())]] = True
+    sel = cand[take]
+    sel_count, sel_touched = count[take], touched[take]
+    # Order the selected by (count, touched, slot): sel is already by slot; stable sorts.
+    o = torch.argsort(sel_touched, stable=True)
+    o = o[torch.argsort(sel_count[o], stable=True)]
+    evicted = sel[o].tolist()
+    return chosen + evicted, evicted
+
+
+def _layout_problem(state: Mapping[str, Tensor], capacity: int, m: int, dtype: str) -> str | None:
+    """Why `state` does not have the tensors (keys, dtypes, shapes) of a bank of this capacity,
+    m and dtype, or None when it does. Values are not looked at."""
+    expected = set(_STATE_KEYS) | ({"scales"} if dtype == "int8" else set())
+    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing:
+        return f"lacks tensor(s) {missing}"
+    if extra:
+        return f"has unexpected tensor(s) {extra}"
+    specs: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {
+        "codes": (DTYPES[dtype], (capacity, m)),
+        "counts": (torch.int64, (capacity,)),
+        "occupied": (torch.bool, (capacity,)),
+        "last_write": (torch.int64, (capacity,)),
+        "last_access": (torch.int64, (capacity,)),
+        "counters": (torch.int64, (len(COUNTER_NAMES),)),
+        "scales": (torch.float32, (m,)),
+    }
+    for key in sorted(expected):
+        t = state[key]
+        if not isinstance(t, Tensor):
+            return f"tensor {key!r} is not a tensor"
+        want_dtype, shape = specs[key]
+        if t.dtype != want_dtype:
+            return f"tensor {key!r} has dtype {t.dtype}, expected {want_dtype}"
+        if tuple(t.shape) != shape:
+            return f"tensor {key!r} has shape {tuple(t.shape)}, expected {shape}"
+    return None
+
+
+def save_state(
+    path: str | os.PathLike[str],
+    state: Mapping[str, Tensor],
+    *,
+    fingerprint: str,
+    initial_count: int = 0,
+    extra: Mapping[str, str] | None = None,
+) -> int:
+    """Write a bank's state (`MemoryBank.state_dict()`, or a copy of it) as one safetensors
+    snapshot, atomically; returns the file's size in bytes. `MemoryBank.load` reads it back.
+
+    capacity, m and dtype come from the codes tensor; initial_count, which no tensor holds, is
+    the bank's. The layout (keys, dtypes, shapes) is checked here, ValueError naming the
+    problem; the values are checked when the file is loaded. No bank is built, so saving a copy
+    taken under a lock costs no second read cache.
+
+    Temp file in the same folder, flush + fsync, os.replace over `path`, fsync the folder:
+    a crash leaves either the old file or the new one, never a torn one.
+    """
+    if not isinstance(fingerprint, str) or not fingerprint:
+        raise ValueError(f"expected a non-empty fingerprint string, got {fingerprint!r}")
+    initial_count = _as_int(initial_count, "initial_count", 0)
+    extra = dict(extra or {})
+    clash = sorted(set(extra) & set(_RESERVED_METADATA))
+    if clash:
+        raise ValueError(f"expected extra keys other than {list(_RESERVED_METADATA)}, got {clash}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
+        raise ValueError(f"expected extra as dict[str, str], got {extra!r}")
+    codes = state.get("codes")
+    names = {v: k for k, v in DTYPES.items()}
+    if not isinstance(codes, Tensor) or codes.dim() != 2 or codes.dtype not in names:
+        what = f"{codes.dtype} {tuple(codes.shape)}" if isinstance(codes, Tensor) else repr(codes)
+        raise ValueError(f"expected codes (capacity, m) in {sorted(DTYPES)}, got {what}")
+    (capacity, m), dtype = codes.shape, names[codes.dtype]
+    problem = _layout_problem(state, capacity, m, dtype)
+    if problem is not None:
+        raise ValueError(f"state dict {problem}")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}  # no copy on CPU
+    metadata = {
+        **extra,
+        "format_version": FORMAT_VERSION,
+        "capacity": str(capacity),
+        "m": str(m),
+        "dtype": dtype,
+        "initial_count": str(initial_count),
+        "fingerprint": fingerprint,
+        "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "sha256": _content_sha256(tensors),
+    }
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        _save_file(tensors, tmp, metadata)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(folder)
+    return size
 
 
 def _save_file(tensors: dict[str, Tensor], path: str, metadata: dict[str, str]) -> None:

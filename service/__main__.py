@@ -45,6 +45,7 @@ def main() -> int:
         port=settings.port,
         workers=1,
         log_level=settings.log_level,
+        access_log=settings.access_log,
         timeout_graceful_shutdown=GRACEFUL_S,
         lifespan="on",
     )

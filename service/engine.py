@@ -12,18 +12,30 @@ Snapshot files are written on a second thread ("mt-snapshot") from a copy of the
 slow disk does not hold up reads or writes. The bank lock (a threading.Lock) guards the bank and
 the WAL; encoding and decoding happen outside it.
 
-Writes: check shapes -> encode (outside the lock) -> under the lock: bank.choose_slots ->
-persistence.log_write(slots, codes) -> bank.assign. A failed WAL append raises
-PersistenceError / DiskFullError before the bank changes.
+Writes are grouped (group commit): concurrent requests wait in their own queue; one worker
+takes what is queued (up to MT_BATCH_MAX items, no waiting: a group forms while the previous one
+runs) and runs ONE encode outside the lock, then under it ONE bank.plan_writes (the slots and
+evictions of the requests one after another, in queue order: each request's answer is exactly
+what it would get alone, "mean" still takes one slot per request), ONE WAL append of a record
+per request with ONE fsync, then bank.assign per request in order. A failed WAL append fails
+every request of the group (PersistenceError / DiskFullError, 507) and leaves the bank as it
+was; a request with bad input fails alone. Stored codes can differ from a lone request's in the
+last float32 bits, as batched reads can (the WAL holds the exact codes the bank holds).
 
 Reads are micro-batched: concurrent requests wait in a queue; one worker takes what is queued
-(up to MT_BATCH_MAX queries, waiting at most MT_BATCH_WAIT_MS for more) and answers all of it
-with ONE encode, one bank.read per distinct (top_k, min_score) (usually one) and ONE decode.
-The bank counts accesses sequentially within a batch, in queue order, so the slots and counts
-are exactly those of the same requests made one at a time in that order. Floats can differ in
-the last bits: CPU BLAS sums a one-row matrix product in another order than a many-row one
-(about 1e-6 relative on the test model); scores are recomputed per (query, slot) pair by the
-bank and do not depend on the batch.
+(up to MT_BATCH_MAX queries, waiting at most MT_BATCH_WAIT_MS for more when reads come
+concurrently: the last batch held several requests or several are queued; a lone read does not
+wait) and answers all of it with ONE encode, one bank.read per distinct (top_k, min_score)
+(usually one) and ONE decode. The bank counts accesses sequentially within a batch, in queue
+order, so the slots and counts are exactly those of the same requests made one at a time in that
+order. Floats can differ in the last bits: CPU BLAS sums a one-row matrix product in another
+order than a many-row one (about 1e-6 relative on the test model); scores are recomputed per
+(query, slot) pair by the bank and do not depend on the batch.
+
+Encode and decode run the model's TorchScript graphs (model.idrp.compile_codec, checked
+against the eager model at start; the eager model when that fails, or for refined codes).
+Once loaded, the engine freezes the garbage collector's view of every object alive (gc.freeze),
+so full collections no longer walk the model, the bank and the libraries (stop unfreezes).
 
 Errors are domain errors: InvalidInput (a ValueError) for bad input, SlotNotFound,
 PersistenceError / DiskFullError, NotReady. service/errors.py turns them into HTTP answers.
@@ -33,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import math
 import threading
@@ -51,7 +64,7 @@ from torch import Tensor
 
 from model.checkpoint import load_idrp
 from model.errors import MemoryTransitError
-from model.idrp import IDRP
+from model.idrp import IDRP, CompiledCodec, compile_codec
 from model.memory import MemoryBank
 from service.persistence import Persistence, Recovery, SnapshotInfo
 from service.settings import Settings
@@ -103,6 +116,15 @@ class SlotInfo:
 
 
 @dataclass
+class _WriteJob:
+    items: Rows
+    mode: str
+    future: asyncio.Future[WriteOutcome]
+    error: Exception | None = None
+    outcome: WriteOutcome | None = None
+
+
+@dataclass
 class _ReadJob:
     queries: Rows
     top_k: int
@@ -122,6 +144,7 @@ class Engine:
         self.state: State = "created"
         self.error: str | None = None
         self.model: IDRP | None = None
+        self.codec: IDRP | CompiledCodec | None = None  # encode / decode: compiled, else the model
         self.bank: MemoryBank | None = None
         self.persistence: Persistence | None = None
         self.recovery: Recovery | None = None
@@ -138,6 +161,11 @@ class Engine:
         self._changes_since_snapshot = 0  # logged mutations not yet in a snapshot
         self._tick_at_snapshot = -1  # bank tick in the last snapshot (-1: none this run)
         self._batches = self._batched_queries = self._largest_batch = 0
+        self._writes: deque[_WriteJob] = deque()
+        self._write_wakeup: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._write_groups = self._grouped_writes = self._largest_group = 0
+        self._last_batch_jobs = 0  # requests in the last read batch
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -159,6 +187,7 @@ class Engine:
             raise RuntimeError(f"expected a new engine, got state {self.state!r}")
         self.state = "starting"
         self._wakeup = asyncio.Event()
+        self._write_wakeup = asyncio.Event()
         self._snapshot_lock = asyncio.Lock()
         try:
             await self._run(self._load)
@@ -167,10 +196,17 @@ class Engine:
             self._shutdown_threads()
             raise
         self._batcher = asyncio.create_task(self._batch_loop(), name="mt-read-batcher")
+        self._writer = asyncio.create_task(self._write_loop(), name="mt-write-grouper")
         if self.settings.snapshot_every_s > 0:
             self._spawn(self._periodic_snapshots())
         self.started_at = time.time()
         self.state = "ready"
+        # The model, the bank and the imported libraries are a few hundred thousand objects
+        # that live as long as the process; left in the collector's oldest generation, every
+        # full collection walks them all (70-80 ms here, which set /read's p99). Collect the
+        # start-up garbage, then move every object alive now out of the collector's sight.
+        gc.collect()
+        gc.freeze()
         log.info("engine ready: %s", self._summary())
 
     def _load(self) -> None:
@@ -181,6 +217,7 @@ class Engine:
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)
         model = load_idrp(s.weights, device=device)
+        codec = self._compile(model)
         scales = model.code_scales.detach().clone() if s.bank_dtype == "int8" else None
 
         def make_bank() -> MemoryBank:
@@ -216,6 +253,7 @@ class Engine:
                 f"MT_INITIAL_COUNT={s.initial_count}: kept {bank.initial_count}"
             )
         self.model, self.bank, self.persistence, self.recovery = model, bank, persistence, recovery
+        self.codec = codec
         self.device = str(device)
         # Replayed WAL records are not in any snapshot yet: mark the bank dirty so the next
         # periodic or shutdown snapshot saves them and the WAL stops growing across restarts.
@@ -223,6 +261,16 @@ class Engine:
             bank.tick if recovery.snapshot is not None and not recovery.replayed else -1
         )
         self._changes_since_snapshot = recovery.replayed
+
+    @staticmethod
+    def _compile(model: IDRP) -> IDRP | CompiledCodec:
+        """The TorchScript codec (model.compile_codec), or the eager model when it cannot be
+        built or does not match the model within 1e-6 (both answer alike, eager is slower)."""
+        try:
+            return compile_codec(model)
+        except Exception as e:  # a tracer limitation on this build or device: serve eager
+            log.warning("encode / decode run eager: the compiled codec failed its check: %s", e)
+            return model
 
     async def stop(self) -> None:
         """Finish queued reads and running writes, snapshot (MT_SNAPSHOT_ON_SHUTDOWN), close."""
@@ -232,8 +280,11 @@ class Engine:
             return
         self.state = "stopping"
         assert self._wakeup is not None and self._batcher is not None
+        assert self._write_wakeup is not None and self._writer is not None
         self._wakeup.set()
-        await self._batcher  # exits once the queue is empty
+        self._write_wakeup.set()
+        await self._batcher  # each exits once its queue is empty
+        await self._writer
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -248,6 +299,7 @@ class Engine:
             await self._run(self.persistence.close)
         self._shutdown_threads()
         self.state = "stopped"
+        gc.unfreeze()  # what start froze becomes collectable again (matters in a test run)
         log.info("engine stopped")
 
     def _shutdown_threads(self) -> None:
@@ -260,6 +312,11 @@ class Engine:
         if self.model is None:
             raise NotReady("service is starting: the model is not loaded yet")
         return self.model
+
+    def _codec(self) -> IDRP | CompiledCodec:
+        if self.codec is None:
+            raise NotReady("service is starting: the model is not loaded yet")
+        return self.codec
 
     def _bank(self) -> MemoryBank:
         if self.bank is None:
@@ -339,31 +396,100 @@ class Engine:
             raise InvalidInput(
                 f"mode 'each' needs {len(items)} slots, more than the capacity {capacity}"
             )
-        outcome = await self._run(self._write, items, mode)
+        future: asyncio.Future[WriteOutcome] = asyncio.get_running_loop().create_future()
+        self._writes.append(_WriteJob(items, mode, future))
+        assert self._write_wakeup is not None
+        self._write_wakeup.set()
+        outcome = await future
         self._after_change()
         return outcome
 
-    def _write(self, items: Rows, mode: str) -> WriteOutcome:
-        model, bank, persistence = self._model(), self._bank(), self._persistence()
-        x = self._tensor(items, "item")
-        z = model.encode(x, refine_steps=self.settings.refine_steps).float()  # (B, m), no lock
-        bad = self._first_bad(z)
-        if bad is not None:
-            raise InvalidInput(
-                f"item {bad} cannot be stored: its code is not finite (values far outside "
-                "the range the codec was trained on)"
-            )
-        if mode == "mean":
-            z = z.mean(dim=0, keepdim=True)  # (1, m), as MemoryBank.write does
-        if bank.dtype == "float16" and float(z.abs().max()) > FLOAT16_MAX:
-            raise InvalidInput("the items' code is too large for the float16 bank")
+    async def _write_loop(self) -> None:
+        assert self._write_wakeup is not None
+        limit = self.settings.batch_max
+        while True:
+            await self._write_wakeup.wait()
+            self._write_wakeup.clear()
+            if not self._writes:
+                if self.state != "ready":
+                    return
+                continue
+            jobs = [self._writes.popleft()]
+            size = len(jobs[0].items)
+            while self._writes and size + len(self._writes[0].items) <= limit:
+                job = self._writes.popleft()
+                jobs.append(job)
+                size += len(job.items)
+            jobs = [j for j in jobs if not j.future.done()]  # cancelled: never acknowledged
+            if jobs:
+                try:
+                    await self._run(self._write_group, jobs)
+                except Exception as e:  # an engine fault: every request of the group gets it
+                    for j in jobs:
+                        j.error = e
+                for j in jobs:
+                    if j.future.done():
+                        continue
+                    if j.error is not None:
+                        j.future.set_exception(j.error)
+                    else:
+                        assert j.outcome is not None
+                        j.future.set_result(j.outcome)
+            if self._writes:
+                self._write_wakeup.set()
+
+    def _write_group(self, jobs: list[_WriteJob]) -> None:
+        """One encode, one plan, one WAL append (one fsync), then an assign per request, in
+        queue order; fills each job's outcome or error (see the module docstring)."""
+        codec, bank, persistence = self._codec(), self._bank(), self._persistence()
+        xs: list[tuple[_WriteJob, Tensor]] = []
+        for j in jobs:
+            try:
+                xs.append((j, self._tensor(j.items, "item")))
+            except InvalidInput as e:
+                j.error = e
+        if not xs:
+            return
+        x = torch.cat([xj for _, xj in xs])  # (B, d): every item of the group
+        z_all = codec.encode(x, refine_steps=self.settings.refine_steps).float()  # (B, m)
+        group: list[tuple[_WriteJob, Tensor]] = []
+        start = 0
+        for j, xj in xs:
+            z = z_all[start : start + xj.shape[0]]
+            start += xj.shape[0]
+            bad = self._first_bad(z)
+            if bad is not None:
+                j.error = InvalidInput(
+                    f"item {bad} cannot be stored: its code is not finite (values far outside "
+                    "the range the codec was trained on)"
+                )
+                continue
+            if j.mode == "mean":
+                z = z.mean(dim=0, keepdim=True)  # (1, m), as MemoryBank.write does
+            if bank.dtype == "float16" and float(z.abs().max()) > FLOAT16_MAX:
+                j.error = InvalidInput("the items' code is too large for the float16 bank")
+                continue
+            group.append((j, z))
+        if not group:
+            return
         with self._lock:
-            slots, evicted = bank.choose_slots(z.shape[0])
-            persistence.log_write(slots, z)  # raises before the bank changes
-            bank.assign(slots, z)
-            self._changes_since_snapshot += 1
+            plans = bank.plan_writes([z.shape[0] for _, z in group])
+            try:  # all or nothing; raises before the bank changes
+                records = [(slots, z) for (slots, _), (_, z) in zip(plans, group, strict=True)]
+                persistence.log_writes(records)
+            except Exception as e:
+                for j, _ in group:
+                    j.error = e
+                return
             used = bank.used
-        return WriteOutcome(slots=slots, evicted=evicted, used=used)
+            for (j, z), (slots, evicted) in zip(group, plans, strict=True):
+                bank.assign(slots, z)
+                used += len(slots) - len(evicted)  # the slots that were free
+                j.outcome = WriteOutcome(slots=slots, evicted=evicted, used=used)
+            self._changes_since_snapshot += len(group)
+            self._write_groups += 1
+            self._grouped_writes += len(group)
+            self._largest_group = max(self._largest_group, len(group))
 
     # ------------------------------------------------------------------ read (micro-batched)
 
@@ -399,7 +525,10 @@ class Engine:
                 if self.state != "ready":
                     return
                 continue
-            if wait_s > 0 and sum(len(j.queries) for j in self._pending) < limit:
+            # Wait for company only when reads come concurrently (the last batch held several
+            # requests, or several are queued now): a lone read runs at once.
+            concurrent = self._last_batch_jobs > 1 or len(self._pending) > 1
+            if wait_s > 0 and concurrent and sum(len(j.queries) for j in self._pending) < limit:
                 await asyncio.sleep(wait_s)  # let concurrent requests join this batch
             jobs = [self._pending.popleft()]
             size = len(jobs[0].queries)
@@ -407,6 +536,7 @@ class Engine:
                 job = self._pending.popleft()
                 jobs.append(job)
                 size += len(job.queries)
+            self._last_batch_jobs = len(jobs)
             jobs = [j for j in jobs if not j.future.done()]  # drop requests already cancelled
             if jobs:
                 try:
@@ -427,7 +557,7 @@ class Engine:
     def _read_batch(self, jobs: list[_ReadJob]) -> None:
         """One encode, one bank.read per (top_k, min_score) group, one decode; fills each job's
         result or error (a bad request fails alone, not its batch)."""
-        model, bank = self._model(), self._bank()
+        codec, bank = self._codec(), self._bank()
         for j in jobs:
             try:
                 j.x = self._tensor(j.queries, "query")
@@ -438,7 +568,7 @@ class Engine:
             return
         assert all(j.x is not None for j in ok)
         x = torch.cat([j.x for j in ok if j.x is not None])  # (B, d): every query of the batch
-        z = model.encode(x, refine_steps=self.settings.refine_steps).float()  # (B, m)
+        z = codec.encode(x, refine_steps=self.settings.refine_steps).float()  # (B, m)
         spans, start = [], 0
         for j in ok:
             n = len(j.queries)
@@ -468,7 +598,7 @@ class Engine:
             wanted = [s[s >= 0] for j, s, _, _ in answers if j.reconstruct]
             hit_slots = torch.cat(wanted) if wanted else torch.empty(0, dtype=torch.int64)
             codes = bank.codes_at(hit_slots) if hit_slots.numel() else None
-        decoded = model.decode(codes).to(torch.float32).cpu().numpy() if codes is not None else None
+        decoded = codec.decode(codes).to(torch.float32).cpu().numpy() if codes is not None else None
         position = 0
         self._batches += 1
         self._batched_queries += z.shape[0]
@@ -501,7 +631,7 @@ class Engine:
     def _get_slot(self, slot: int) -> SlotInfo:
         with self._lock:
             view = self._bank().get(slot)  # SlotNotFound when free or out of range
-        recon = self._model().decode(view.code.unsqueeze(0))[0]
+        recon = self._codec().decode(view.code.unsqueeze(0))[0]
         return SlotInfo(
             slot=view.slot,
             count=view.count,
@@ -611,6 +741,7 @@ class Engine:
             "fingerprint": model.fingerprint,
             "bank_dtype": b["dtype"],
             "bank_bytes": b["bytes"],
+            "cache_bytes": b["cache_bytes"],
             "reads": b["reads"],
             "hits": b["hits"],
             "misses": b["misses"],
@@ -626,6 +757,9 @@ class Engine:
                 "batches": self._batches,
                 "queries": self._batched_queries,
                 "largest": self._largest_batch,
+                "write_groups": self._write_groups,
+                "writes": self._grouped_writes,
+                "largest_write_group": self._largest_group,
             },
             "last_snapshot": None
             if last is None

@@ -4,7 +4,8 @@
   ("/slots/{i}"), never the raw path, so label sets stay few.
 - mt_http_request_duration_seconds{method, route}: histogram.
 - mt_bank_*: the bank at scrape time (used, capacity gauges; reads, hits, misses, writes,
-  evictions counters), mt_read_batches_total / mt_read_batch_queries_total, mt_ready.
+  evictions counters; cache bytes), mt_read_batches_total / mt_read_batch_queries_total,
+  mt_write_groups_total, mt_ready.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class _BankCollector(Collector):
         yield GaugeMetricFamily("mt_bank_capacity", "Slots in the bank", value=s["capacity"])
         yield GaugeMetricFamily("mt_bank_bytes", "Bytes of bank state", value=s["bank_bytes"])
         yield GaugeMetricFamily(
+            "mt_bank_cache_bytes", "Bytes of the bank's read cache", value=s["cache_bytes"]
+        )
+        yield GaugeMetricFamily(
             "mt_bank_count_mean", "Mean access count of occupied slots", value=s["counts"]["mean"]
         )
         for name in ("reads", "hits", "misses", "writes", "evictions"):
@@ -48,6 +52,11 @@ class _BankCollector(Collector):
         yield CounterMetricFamily("mt_read_batches", "Read batches run", value=batching["batches"])
         yield CounterMetricFamily(
             "mt_read_batch_queries", "Queries answered in read batches", value=batching["queries"]
+        )
+        yield CounterMetricFamily(
+            "mt_write_groups",
+            "Write groups run (one WAL append each)",
+            value=batching["write_groups"],
         )
         last = s.get("last_snapshot")
         if last is not None:

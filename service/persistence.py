@@ -28,7 +28,7 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -317,6 +317,12 @@ class Persistence:
         Call under the bank lock before `bank.assign`; DiskFullError / PersistenceError mean
         nothing was logged and the bank must not change."""
         return self._log().append_write(slots, codes)
+
+    def log_writes(self, writes: Sequence[tuple[Any, Tensor]]) -> list[int]:
+        """Log several writes (slots, codes) in order, with one fsync (WriteAheadLog.append_writes);
+        returns their LSNs. All or nothing: on DiskFullError / PersistenceError none is logged
+        and the bank must not change."""
+        return self._log().append_writes(writes)
 
     def log_delete(self, slot: int) -> int:
         """Log a delete (call after checking the slot is occupied, before `bank.delete`)."""

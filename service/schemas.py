@@ -222,6 +222,11 @@ class BatchingInfo(BaseModel):
     batches: int = Field(description="Read batches run (each: one encode, read, decode).")
     queries: int = Field(description="Queries answered by those batches.")
     largest: int = Field(description="Most queries in one batch so far.")
+    write_groups: int = Field(
+        description="Write groups run (each: one encode, one WAL append and fsync)."
+    )
+    writes: int = Field(description="Write requests stored by those groups.")
+    largest_write_group: int = Field(description="Most write requests in one group so far.")
 
 
 class StatsResponse(BaseModel):
@@ -235,7 +240,11 @@ class StatsResponse(BaseModel):
     model: str
     fingerprint: str
     bank_dtype: str
-    bank_bytes: int
+    bank_bytes: int = Field(description="Bytes of the bank's state tensors (a snapshot's content).")
+    cache_bytes: int = Field(
+        description="Bytes of the bank's float32 read cache (unit-length codes and the free-slot "
+        "mask, (m + 1) * 4 per slot whatever the dtype), on top of bank_bytes."
+    )
     reads: int
     hits: int
     misses: int

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     )
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: LogLevel = "info"
+    access_log: bool = Field(
+        default=False,
+        description="uvicorn's access log, one line per request (off: /metrics counts requests "
+        "by route and status, and the line costs about a tenth of a /read's server CPU).",
+    )
 
     # --- model and bank
     weights: Path = Field(
@@ -116,9 +121,18 @@ class Settings(BaseSettings):
         default=8 * MIB, ge=1024, description="Largest request body, in bytes."
     )
     max_top_k: int = Field(default=100, ge=1)
-    batch_max: int = Field(default=256, ge=1, description="Most queries one read batch coalesces.")
+    batch_max: int = Field(
+        default=256,
+        ge=1,
+        description="Most queries one read batch coalesces, and most items one write group does.",
+    )
     batch_wait_ms: float = Field(
-        default=1.0, ge=0, le=1000, description="How long a read batch waits for more requests."
+        default=1.0,
+        ge=0,
+        le=1000,
+        description="How long a read batch waits for more requests when reads come concurrently "
+        "(the previous batch held several requests, or several are queued); a lone read runs at "
+        "once.",
     )
 
     @field_validator("device")

@@ -1,11 +1,13 @@
 """Snapshot generations of the bank: snap-<lsn>.safetensors, newest K kept, bad ones skipped.
 
-A snapshot is one `MemoryBank.save` file (atomic: temp file, fsync, rename, fsync the folder;
-a sha256 of the tensors in its metadata) named after the WAL LSN of the last mutation it
-holds, with that LSN in its metadata too. Loading tries the newest first and falls back to the
-previous generation when a file fails any check (truncated, bit flip, other model, other
-shape), naming the file and the reason; when files exist but none is valid it refuses
-(`SnapshotError`) rather than hand back an empty bank over existing data.
+A snapshot is one `model.memory.save_state` file (atomic: temp file, fsync, rename, fsync the
+folder; a sha256 of the tensors in its metadata), written from the bank or from a copy of its
+state as it is (no second bank, and so no second read cache, is built to save a copy). It is
+named after the WAL LSN of the last mutation it holds, with that LSN in its metadata too.
+Loading tries the newest first and falls back to the previous generation when a file fails any
+check (truncated, bit flip, other model, other shape), naming the file and the reason; when
+files exist but none is valid it refuses (`SnapshotError`) rather than hand back an empty bank
+over existing data. File hashes are computed reading in chunks, never the whole file at once.
 """
 
 from __future__ import annotations
@@ -24,18 +26,19 @@ import torch
 from torch import Tensor
 
 from model.errors import SnapshotError
-from model.memory import DTYPES, MemoryBank
+from model.memory import MemoryBank, save_state
 from service.wal import fsync_dir, os_error
 
 __all__ = ["LoadResult", "SnapshotInfo", "SnapshotStore", "snapshot_name"]
 
 log = logging.getLogger(__name__)
 
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 _NAME = re.compile(r"^snap-(\d{16})\.safetensors$")
 _TMP_GLOBS = (
     ".snap-*.tmp",
     "snap-*.tmp",
-)  # MemoryBank.save's temp files, left by a crash
+)  # save_state's temp files, left by a crash
 
 
 def snapshot_name(lsn: int) -> str:
@@ -66,38 +69,20 @@ class LoadResult:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def _file_facts(data: bytes) -> tuple[str, str]:
-    """(sha256 of the file, created_at from its safetensors metadata or "")."""
+def _file_facts(path: Path) -> tuple[str, str]:
+    """(sha256 of the file, created_at from its safetensors metadata or ""), reading the file in
+    chunks: a snapshot of a large bank is never held in memory whole for its hash."""
     created = ""
-    try:
-        n = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8 : 8 + n]).get("__metadata__", {})
-        created = str(meta.get("created_at", ""))
-    except (ValueError, AttributeError):
-        pass
-    return hashlib.sha256(data).hexdigest(), created
-
-
-def _bank_from_state(state: Mapping[str, Tensor], initial_count: int) -> MemoryBank:
-    """A MemoryBank holding `state` (as from `MemoryBank.state_dict`), checked by the bank."""
-    codes = state["codes"]
-    names = {v: k for k, v in DTYPES.items()}
-    if codes.dim() != 2 or codes.dtype not in names:
-        raise ValueError(
-            f"expected codes (capacity, m) in {sorted(DTYPES)}, got {codes.dtype} "
-            f"{tuple(codes.shape)}"
-        )
-    dtype = names[codes.dtype]
-    bank = MemoryBank(
-        codes.shape[0],
-        codes.shape[1],
-        device=codes.device,
-        dtype=dtype,
-        scales=state.get("scales"),
-        initial_count=initial_count,
-    )
-    bank.load_state_dict(dict(state))
-    return bank
+    with path.open("rb") as f:
+        try:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n)) if n <= _MAX_HEADER else {}
+            created = str(header.get("__metadata__", {}).get("created_at", ""))
+        except (ValueError, AttributeError):
+            pass
+        f.seek(0)
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return digest, created
 
 
 class SnapshotStore:
@@ -150,23 +135,28 @@ class SnapshotStore:
         initial_count: int = 0,
     ) -> SnapshotInfo:
         """Write state (a bank, or a copy of its `state_dict`) as snapshot `lsn`, then keep only
-        the newest `keep` files. `initial_count` is the bank's (a state dict lacks it).
+        the newest `keep` files. `initial_count` is the bank's (a state dict lacks it); a state
+        dict with the wrong tensors is a ValueError.
 
         A failed write (disk full, folder not writable) raises DiskFullError / PersistenceError
         and leaves the existing snapshots as they were.
         """
         if isinstance(lsn, bool) or not isinstance(lsn, int) or lsn < 0:
             raise ValueError(f"expected lsn to be an int >= 0, got {lsn!r}")
-        bank = state if isinstance(state, MemoryBank) else _bank_from_state(state, initial_count)
         path = self.directory / snapshot_name(lsn)
+        extra = {"lsn": str(lsn)}
         t0 = time.perf_counter()
         try:
-            size = bank.save(path, fingerprint=fingerprint, extra={"lsn": str(lsn)})
-            data = path.read_bytes()
+            if isinstance(state, MemoryBank):
+                size = state.save(path, fingerprint=fingerprint, extra=extra)
+            else:
+                size = save_state(
+                    path, state, fingerprint=fingerprint, initial_count=initial_count, extra=extra
+                )
+            sha256, created = _file_facts(path)
         except OSError as e:
             raise os_error(f"cannot save the snapshot {path}", e) from e
         seconds = time.perf_counter() - t0
-        sha256, created = _file_facts(data)
         info = SnapshotInfo(path, lsn, size, seconds, sha256, created)
         self.prune()
         return info
@@ -222,17 +212,17 @@ class SnapshotStore:
                         f"snapshot {path} metadata lsn {meta.get('lsn')!r} does not match "
                         f"its file name (lsn {lsn})"
                     )
-                data = path.read_bytes()
+                sha256, _ = _file_facts(path)
+                size = path.stat().st_size
             except (SnapshotError, OSError) as e:
                 reason = str(e)
                 log.warning("skipping snapshot %s: %s", path.name, reason)
                 skipped.append((path, reason))
                 continue
-            sha256, _ = _file_facts(data)
             info = SnapshotInfo(
                 path=path,
                 lsn=lsn,
-                bytes=len(data),
+                bytes=size,
                 seconds=time.perf_counter() - t0,
                 sha256=sha256,
                 created_at=meta.get("created_at", ""),

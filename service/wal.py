@@ -41,6 +41,10 @@ Durability (`fsync`):
 An append writes the whole record with one write call (no user-space buffer). A failed write
 or fsync (ENOSPC, EIO, ...) cuts the file back to where it was and raises `DiskFullError` or
 `PersistenceError`, so the log never holds a record the caller was told failed.
+`append_writes` appends a group of write records the same way, with one write call and one
+fsync for all of them (group commit: the engine logs concurrent writes together), and cuts
+all of them back on a failure. A crash during it can leave a prefix of the group's records,
+none of them acknowledged yet, which is what a crash during single appends could leave too.
 """
 
 from __future__ import annotations
@@ -96,6 +100,8 @@ _DELETE_BODY = struct.Struct("<q")  # slot
 _MAX_PAYLOAD = 1 << 30  # a length above this is damage, not a record
 
 OP_WRITE, OP_DELETE, OP_CLEAR = 1, 2, 3
+Slots = Sequence[int] | Tensor | np.ndarray
+Codes = Tensor | np.ndarray | Sequence[Sequence[float]]
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
@@ -410,16 +416,22 @@ class WriteAheadLog:
 
     # ------------------------------------------------------------------ append
 
-    def append_write(
-        self,
-        slots: Sequence[int] | Tensor | np.ndarray,
-        codes: Tensor | np.ndarray | Sequence[Sequence[float]],
-    ) -> int:
+    def append_write(self, slots: Slots, codes: Codes) -> int:
         """Log codes (n, m) float32 stored in slots (n,); returns the record's LSN."""
-        s = _as_slots(slots)
-        c = _as_codes(codes, s.size)
-        body = _WRITE_HEAD.pack(s.size, c.shape[1]) + s.tobytes() + c.tobytes()
-        return self._append(OP_WRITE, body)
+        return self.append_writes([(slots, codes)])[0]
+
+    def append_writes(self, writes: Sequence[tuple[Slots, Codes]]) -> list[int]:
+        """Log several writes (slots, codes) as consecutive records with ONE write call and,
+        with fsync "always", ONE fsync (group commit); returns their LSNs. All or nothing: a
+        failure cuts every one of them back off and raises, as a single append does."""
+        bodies = []
+        for slots, codes in writes:
+            s = _as_slots(slots)
+            c = _as_codes(codes, s.size)
+            bodies.append(
+                (OP_WRITE, _WRITE_HEAD.pack(s.size, c.shape[1]) + s.tobytes() + c.tobytes())
+            )
+        return self._append_many(bodies)
 
     def append_delete(self, slot: int) -> int:
         """Log the deletion of one slot; returns the record's LSN."""
@@ -432,15 +444,25 @@ class WriteAheadLog:
         return self._append(OP_CLEAR, b"")
 
     def _append(self, op: int, body: bytes) -> int:
+        return self._append_many([(op, body)])[0]
+
+    def _append_many(self, records: Sequence[tuple[int, bytes]]) -> list[int]:
+        """Frame and append records (op, body) with consecutive LSNs in one write."""
+        if not records:
+            return []
         with self._lock:
             self._check_open()
-            lsn = self._next
-            record = _frame(_PAYLOAD_HEAD.pack(lsn, op) + body)
+            lsns = list(range(self._next, self._next + len(records)))
+            frames = [
+                _frame(_PAYLOAD_HEAD.pack(lsn, op) + body)
+                for lsn, (op, body) in zip(lsns, records, strict=True)
+            ]
+            data = b"".join(frames)
             start = self._end
             try:
-                view = memoryview(record)
+                view = memoryview(data)
                 done = 0
-                while done < len(record):  # one call, unless the kernel writes less
+                while done < len(data):  # one call, unless the kernel writes less
                     n = os.pwrite(self._fd, view[done:], start + done)
                     if n == 0:
                         raise OSError(errno.ENOSPC, "no progress writing the record")
@@ -450,12 +472,15 @@ class WriteAheadLog:
             except OSError as e:
                 self._undo(start)
                 raise os_error(f"cannot append to the write-ahead log {self.path}", e) from e
-            self._end = start + len(record)
-            self._lsns.append(lsn)
-            self._offsets.append(start)
-            self._next = lsn + 1
+            self._end = start + len(data)
+            offset = start
+            for lsn, frame in zip(lsns, frames, strict=True):
+                self._lsns.append(lsn)
+                self._offsets.append(offset)
+                offset += len(frame)
+            self._next = lsns[-1] + 1
             self._dirty = self.fsync_policy != "always"
-            return lsn
+            return lsns
 
     def _undo(self, start: int) -> None:
         """Cut the file back to `start` after a failed append; if even that fails, refuse

@@ -70,6 +70,9 @@ def test_stats_fields(client: TestClient, weights_file: Path) -> None:
     assert s["model"] == "tiny-m16"
     assert s["fingerprint"] == model.fingerprint
     assert s["bank_dtype"] == "float32"
+    # codes (64 x 16 float32) + counts, last_write, last_access (int64) + occupied + counters
+    assert s["bank_bytes"] == 64 * M * 4 + 64 * (3 * 8 + 1) + 6 * 8
+    assert s["cache_bytes"] == 64 * (M + 1) * 4  # unit-length float32 codes + the mask
     assert {k: s[k] for k in ("reads", "hits", "misses", "writes", "evictions")} == dict.fromkeys(
         ("reads", "hits", "misses", "writes", "evictions"), 0
     )
@@ -242,6 +245,7 @@ def test_metrics(client: TestClient, items: Items) -> None:
         "mt_ready 1.0",
         "mt_bank_used 1.0",
         "mt_bank_capacity 64.0",
+        f"mt_bank_cache_bytes {64 * (M + 1) * 4:.1f}",
         "mt_bank_writes_total 1.0",
         "mt_bank_hits_total 1.0",
         "mt_bank_misses_total 0.0",

@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr, ValidationError
 
+from service.app import create_app
 from service.auth import Role, role_of
 from service.settings import Settings
 from tests.conftest import running
@@ -139,6 +140,29 @@ def test_settings_show_keys_masked(make_settings: Callable[..., Settings]) -> No
 def test_no_keys_means_open(client: TestClient) -> None:
     assert client.post("/write", json={"items": [ROW]}).status_code == 200
     assert client.post("/snapshot").status_code == 200
+    wrong = {**x_key("anything"), **bearer("anything")}
+    assert client.post("/read", json={"queries": [ROW]}, headers=wrong).status_code == 200
+
+
+def test_openapi_documents_the_keys_only_when_they_are_needed(
+    make_settings: Callable[..., Settings],
+) -> None:
+    open_doc = create_app(make_settings()).openapi()
+    secured_doc = create_app(make_settings(api_key=WRITE_KEY)).openapi()
+    assert "securitySchemes" not in open_doc.get("components", {})
+    assert "security" not in open_doc["paths"]["/read"]["post"]
+    schemes = secured_doc["components"]["securitySchemes"]
+    assert schemes["APIKeyHeader"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "API key",
+    }
+    assert schemes["HTTPBearer"]["scheme"] == "bearer"
+    assert secured_doc["paths"]["/read"]["post"]["security"] == [
+        {"APIKeyHeader": []},
+        {"HTTPBearer": []},
+    ]
 
 
 def test_role_of() -> None:

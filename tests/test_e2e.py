@@ -90,7 +90,9 @@ def test_serve_snapshot_sigterm_restart(weights_file: Path, tmp_path: Path) -> N
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()
     assert "shutdown snapshot" in log.read_text()
+    assert '"POST /read HTTP/1.1"' not in log.read_text()  # no access log by default
 
+    env["MT_ACCESS_LOG"] = "true"
     with server(env, log) as proc, MemoryTransitClient(url, api_key=KEY) as mt:
         wait_ready(mt, proc, log)
         stats = mt.stats()
@@ -102,6 +104,7 @@ def test_serve_snapshot_sigterm_restart(weights_file: Path, tmp_path: Path) -> N
         assert "mt_bank_used 1.0" in mt.metrics().splitlines()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()
+    assert '"POST /read HTTP/1.1" 200' in log.read_text()  # MT_ACCESS_LOG=true turns it on
 
 
 def test_refuses_to_start_without_weights(tmp_path: Path) -> None:

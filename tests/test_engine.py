@@ -4,6 +4,12 @@ restart, snapshot triggers, readiness and failures."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import itertools
+import logging
+import resource
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,8 +17,10 @@ import pytest
 import torch
 
 from model.errors import CheckpointError, SlotNotFound
-from service.engine import Engine, Hit, InvalidInput, NotReady
+from model.idrp import CompiledCodec
+from service.engine import Engine, Hit, InvalidInput, NotReady, WriteOutcome
 from service.settings import Settings
+from service.wal import DiskFullError
 
 pytestmark = pytest.mark.anyio  # async tests on asyncio (anyio's pytest plugin)
 Items = Callable[..., list[list[float]]]
@@ -65,6 +73,9 @@ async def test_concurrent_reads_are_batched_and_answer_like_sequential_ones(
             "batches": len(queries),
             "queries": len(queries),
             "largest": 1,
+            "write_groups": 1,
+            "writes": 1,
+            "largest_write_group": 1,
         }
         for key in ("reads", "hits", "misses", "counts"):
             assert b_stats[key] == s_stats[key]
@@ -114,6 +125,161 @@ async def test_a_bad_request_fails_alone_in_its_batch(
         assert isinstance(failed, InvalidInput)
         assert str(failed) == "query 0 contains NaN or infinity"
         assert isinstance(good, list) and good[0][0].slot == 0 and good[0][0].count == 1
+    finally:
+        await engine.stop()
+
+
+async def test_a_lone_read_does_not_wait_for_company(
+    make_settings: Callable[..., Settings], items: Items
+) -> None:
+    engine = await started(make_settings(batch_wait_ms=400))
+    try:
+        await engine.write(items(1))
+
+        async def timed_read() -> float:
+            t0 = time.perf_counter()
+            await engine.read(items(1))
+            return time.perf_counter() - t0
+
+        assert await timed_read() < 0.3  # alone, after no batch: runs at once
+        await asyncio.gather(*(engine.read(items(1)) for _ in range(3)))  # one batch of 3
+        assert (await engine.stats())["batching"]["largest"] == 3
+        assert await timed_read() >= 0.4  # reads came concurrently just before: it waits
+        assert await timed_read() < 0.3  # the last batch held one request: no wait
+    finally:
+        await engine.stop()
+
+
+async def test_codec_is_compiled_else_eager_with_a_log_line(
+    make_settings: Callable[..., Settings],
+    items: Items,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine = await started(make_settings())
+    try:
+        assert isinstance(engine.codec, CompiledCodec)
+        assert gc.get_freeze_count() > 0  # start froze what it loaded
+    finally:
+        await engine.stop()
+    assert gc.get_freeze_count() == 0  # and stop gave it back to the collector
+
+    def broken(model: object) -> None:
+        raise RuntimeError("traced encode differs from the eager model by 0.5")
+
+    monkeypatch.setattr("service.engine.compile_codec", broken)
+    caplog.set_level(logging.WARNING, logger="service.engine")
+    engine = await started(make_settings(snapshot_dir=make_settings().snapshot_dir / "eager"))
+    try:
+        assert engine.codec is engine.model
+        assert "encode / decode run eager: the compiled codec failed its check: traced encode" in (
+            caplog.text
+        )
+        x = items(1)
+        await engine.write(x)
+        [[hit]] = await engine.read(x)
+        assert (hit.slot, hit.count) == (0, 1) and hit.score == pytest.approx(1.0, abs=1e-5)
+    finally:
+        await engine.stop()
+
+
+def assert_same_bank(a: Engine, b: Engine) -> None:
+    """Same slots, counters and ticks; codes equal to ATOL (a group is encoded in one batch)."""
+    assert a.bank is not None and b.bank is not None
+    sa, sb = a.bank.state_dict(), b.bank.state_dict()
+    for key in sa:
+        if key == "codes":
+            torch.testing.assert_close(sa[key], sb[key], atol=ATOL, rtol=0)
+        else:
+            assert torch.equal(sa[key], sb[key]), key
+
+
+async def test_concurrent_writes_are_grouped_and_store_like_sequential_ones(
+    make_settings: Callable[..., Settings], tmp_path: Path, items: Items
+) -> None:
+    grouped = await started(
+        make_settings(capacity=8, snapshot_on_shutdown=False, snapshot_dir=tmp_path / "a")
+    )
+    one_by_one = await started(make_settings(capacity=8, snapshot_dir=tmp_path / "b"))
+    stored = items(8, seed=1)
+    # Mixed modes and sizes, a bad request among them; the bank is full and every slot was
+    # read once, so each fresh slot (count 0) is the next write's LFU victim, as in the paper.
+    requests: list[tuple[list[list[float]], str]] = [
+        (
+            items(1, seed=10 + i) if i % 3 else items(2 + i % 2, seed=10 + i),
+            "each" if i % 2 else "mean",
+        )
+        for i in range(10)
+    ]
+    bad = items(1, seed=99)
+    bad[0][5] = float("nan")
+    try:
+        for engine in (grouped, one_by_one):
+            await engine.write(stored, mode="each")
+            for q in stored:
+                await engine.read([q])
+        got = await asyncio.gather(
+            *(grouped.write(x, mode) for x, mode in requests[:5]),
+            grouped.write(bad),
+            *(grouped.write(x, mode) for x, mode in requests[5:]),
+            return_exceptions=True,
+        )
+        want = [await one_by_one.write(x, mode) for x, mode in requests]
+        assert isinstance(got[5], InvalidInput)
+        assert str(got[5]) == "item 0 contains NaN or infinity"  # it failed alone
+        assert got[:5] + got[6:] == want
+        assert all(isinstance(w, WriteOutcome) for w in want)
+        assert any(w.slots == v.slots for w, v in itertools.pairwise(want))  # a slot reused
+        assert_same_bank(grouped, one_by_one)
+        batching = (await grouped.stats())["batching"]
+        assert batching["write_groups"] == 2 and batching["largest_write_group"] == 10
+    finally:
+        await grouped.stop()
+        await one_by_one.stop()
+    replayed = await started(  # the log holds the group's records: a restart rebuilds it all
+        make_settings(capacity=8, snapshot_dir=tmp_path / "a")
+    )
+    one_by_one = await started(make_settings(capacity=8, snapshot_dir=tmp_path / "b"))
+    try:
+        assert (await replayed.stats())["recovery"]["replayed"] == 11
+        assert replayed.bank is not None and one_by_one.bank is not None
+        codes = replayed.bank.state_dict()["codes"]
+        torch.testing.assert_close(codes, one_by_one.bank.state_dict()["codes"], atol=ATOL, rtol=0)
+        assert torch.equal(replayed.bank.occupied, one_by_one.bank.occupied)
+    finally:
+        await replayed.stop()
+        await one_by_one.stop()
+
+
+async def test_a_failed_group_append_fails_every_request_and_changes_nothing(
+    make_settings: Callable[..., Settings], items: Items
+) -> None:
+    """A real short write: RLIMIT_FSIZE lets the group's first record in, then EFBIG."""
+    settings = make_settings(wal_fsync="always")
+    engine = await started(settings)
+    try:
+        await engine.write(items(2), mode="each")
+        assert engine.bank is not None
+        before = engine.bank.state_dict()
+        wal = settings.snapshot_dir / "wal.log"
+        size = wal.stat().st_size
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        try:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (size + 150, hard))
+            results = await asyncio.gather(
+                *(engine.write(items(1, seed=10 + i)) for i in range(6)), return_exceptions=True
+            )
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, old_handler)
+        assert all(isinstance(r, DiskFullError) for r in results), results
+        assert wal.stat().st_size == size  # the partly written group was cut back off
+        after = engine.bank.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+        assert (await engine.stats())["batching"]["write_groups"] == 1  # the failed one: not run
+        out = await engine.write(items(1, seed=20))  # room again: works
+        assert (out.slots, out.used) == ([2], 3)
     finally:
         await engine.stop()
 

@@ -4,7 +4,7 @@ import torch
 from sklearn.decomposition import PCA
 
 from model.config import IDRPConfig
-from model.idrp import IDRP, tiny_idrp
+from model.idrp import IDRP, compile_codec, tiny_idrp
 from model.train import random_affine, random_shift
 
 
@@ -103,3 +103,46 @@ def test_refined_codes_fit_better_and_batching_changes_nothing() -> None:
     one_by_one = torch.cat([model.encode(x[i : i + 1], refine_steps=20) for i in range(6)])
     assert torch.allclose(one_by_one, z, atol=1e-5)
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("d,m", [(64, 16), (9, 4), (10, 3)])
+def test_compiled_codec_matches_eager(d: int, m: int) -> None:
+    model = tiny_idrp(d=d, m=m)
+    codec = compile_codec(model)
+    assert codec.config == model.config and codec.fingerprint == model.fingerprint
+    g = torch.Generator().manual_seed(1)
+    for b in (1, 2, 5, 33):  # batch sizes other than the traced one (4)
+        x = torch.rand(b, d, generator=g)
+        z = model.encode(x)
+        torch.testing.assert_close(codec.encode(x), z, atol=1e-6, rtol=0)
+        torch.testing.assert_close(codec.decode(z), model.decode(z), atol=1e-6, rtol=0)
+    images = torch.rand(3, d, generator=g).reshape(3, 1, d)  # (B, *shape) is flattened too
+    torch.testing.assert_close(codec.encode(images), model.encode(images), atol=1e-6, rtol=0)
+    # Refined codes need autograd: they run the eager model, the same steps.
+    x = torch.rand(2, d, generator=g)
+    assert torch.equal(codec.encode(x, refine_steps=3), model.encode(x, refine_steps=3))
+
+
+def test_compiled_codec_checks_inputs_like_the_model() -> None:
+    codec = compile_codec(tiny_idrp())
+    with pytest.raises(ValueError, match=r"expected items of 64 values, got shape \(2, 63\)"):
+        codec.encode(torch.rand(2, 63))
+    with pytest.raises(ValueError, match=r"expected codes of 16 values, got \(2, 15\)"):
+        codec.decode(torch.rand(2, 15))
+
+
+def test_compiled_codec_is_checked_against_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_idrp(d=16, m=4)
+    eager = model.reconstruct_from
+
+    def shape_dependent(z: torch.Tensor) -> torch.Tensor:  # the tracer bakes in the branch
+        return eager(z) + (1.0 if z.shape[0] == 4 else 0.0)
+
+    monkeypatch.setattr(model, "reconstruct_from", shape_dependent)
+    with (
+        pytest.raises(RuntimeError, match=r"traced decode differs from the eager model by 1 "),
+        pytest.warns(torch.jit.TracerWarning, match="Converting a tensor to a Python boolean"),
+    ):
+        compile_codec(model)
+    with pytest.raises(ValueError, match="expected a model in eval mode"):
+        compile_codec(tiny_idrp().train())

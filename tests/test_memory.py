@@ -447,6 +447,46 @@ def test_save_validates_metadata(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_save_state_of_a_copy_matches_bank_save(dtype: str, tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(4)
+    bank = make_bank(6, 3, dtype, initial_count=2, decay_ticks=3)
+    bank.write(torch.randn(6, 3, generator=g), mode="each")  # full: the next write evicts
+    bank.read(torch.randn(4, 3, generator=g), top_k=2)
+    bank.save(tmp_path / "bank", fingerprint="f", extra={"lsn": "9"})
+    size = memory.save_state(
+        tmp_path / "copy", bank.state_dict(), fingerprint="f", initial_count=2, extra={"lsn": "9"}
+    )
+    assert size == (tmp_path / "copy").stat().st_size == (tmp_path / "bank").stat().st_size
+    (a, meta_a), (b, meta_b) = (MemoryBank.load(tmp_path / n) for n in ("bank", "copy"))
+    assert_same_bank(a, b)
+    assert_same_bank(a, bank)
+    assert {k: v for k, v in meta_a.items() if k != "created_at"} == {
+        k: v for k, v in meta_b.items() if k != "created_at"
+    }
+    # decay_ticks is a policy, not state: a loaded bank starts with it off and can evict.
+    assert a.decay_ticks == 0
+    z = torch.randn(1, 3, generator=g)
+    assert a.write(z).evicted == b.write(z).evicted != []
+
+
+def test_save_state_refuses_a_wrong_layout(tmp_path: Path) -> None:
+    state = make_bank(4, 2, "int8").state_dict()
+    with pytest.raises(ValueError, match=r"state dict lacks tensor\(s\) \['scales'\]"):
+        memory.save_state(
+            tmp_path / "a", {k: v for k, v in state.items() if k != "scales"}, fingerprint="f"
+        )
+    state["counts"] = state["counts"][:3]
+    with pytest.raises(ValueError, match=r"tensor 'counts' has shape \(3,\), expected \(4,\)"):
+        memory.save_state(tmp_path / "b", state, fingerprint="f")
+    state["codes"] = state["codes"].double()
+    with pytest.raises(
+        ValueError, match=r"expected codes \(capacity, m\) in .*, got torch\.float64"
+    ):
+        memory.save_state(tmp_path / "c", state, fingerprint="f")
+    assert os.listdir(tmp_path) == []
+
+
 def _snapshot(tmp_path: Path) -> tuple[Path, dict[str, Tensor], dict[str, str]]:
     bank = make_bank(4, 2, "int8")
     bank.write(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), mode="each")

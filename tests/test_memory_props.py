@@ -8,10 +8,11 @@ brute-force cosines with a tolerance, and the reference then follows the bank's 
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -117,6 +118,17 @@ class BankMachine(RuleBasedStateMachine):
         codes = self.rows(data, len(slots))
         self.bank.assign(slots, torch.tensor(codes))
         self.ref.assign(slots, codes)
+
+    @rule(sizes=st.lists(st.integers(1, 6), min_size=1, max_size=5))
+    def plan(self, sizes: list[int]) -> None:
+        sizes = [min(n, self.ref.capacity) for n in sizes]
+        ref = copy.deepcopy(self.ref)
+        expected = []
+        for n in sizes:  # the same writes one after another
+            slots, evicted = ref.choose_slots(n)
+            ref.assign(slots, [[0.0] * ref.m] * n)
+            expected.append((slots, evicted))
+        assert self.bank.plan_writes(sizes) == expected  # and nothing changed: see same_state
 
     @rule(n=st.integers(0, 6))
     def choose(self, n: int) -> None:
@@ -243,3 +255,38 @@ BankMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestBankMachine = BankMachine.TestCase
+
+
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    capacity=st.integers(1, 40),
+    initial_count=st.integers(0, 3),
+    decay_ticks=st.sampled_from([0, 0, 1, 2, 5]),
+    sizes=st.lists(st.integers(1, 12), min_size=1, max_size=8),
+)
+@settings(max_examples=150, deadline=None)
+def test_plan_writes_equals_writes_one_after_another(
+    seed: int, capacity: int, initial_count: int, decay_ticks: int, sizes: list[int]
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    bank = MemoryBank(capacity, 2, initial_count=initial_count, decay_ticks=decay_ticks)
+    for _ in range(int(torch.randint(0, 12, (1,), generator=g))):  # writes, reads, deletes
+        op = int(torch.randint(0, 4, (1,), generator=g))
+        if op == 0:
+            n = int(torch.randint(1, capacity + 1, (1,), generator=g))
+            bank.write(torch.randint(-2, 3, (n, 2), generator=g).float(), mode="each")
+        elif op in (1, 2):
+            bank.read(torch.randint(-2, 3, (3, 2), generator=g).float(), top_k=2)
+        elif bank.used:
+            bank.delete(int(torch.nonzero(bank.occupied)[0]))
+    sizes = [min(n, capacity) for n in sizes]
+    before = bank.state_dict()
+    plans = bank.plan_writes(sizes)
+    assert all(torch.equal(v, bank.state_dict()[k]) for k, v in before.items())  # pure
+    one_by_one = MemoryBank(capacity, 2, initial_count=initial_count, decay_ticks=decay_ticks)
+    one_by_one.load_state_dict(before)
+    expected = []
+    for n in sizes:
+        r = one_by_one.write(torch.ones(n, 2), mode="each")
+        expected.append((r.slots, r.evicted))
+    assert plans == expected
