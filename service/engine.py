@@ -121,7 +121,7 @@ class _WriteJob:
     mode: str
     future: asyncio.Future[WriteOutcome]
     error: Exception | None = None
-    outcome: WriteOutcome | None = None
+    answer: WriteOutcome | None = None  # set on the torch thread when error is None
 
 
 @dataclass
@@ -133,7 +133,7 @@ class _ReadJob:
     future: asyncio.Future[list[list[Hit]]]
     x: Tensor | None = None  # filled on the torch thread
     error: Exception | None = None
-    result: list[list[Hit]] = field(default_factory=list)
+    answer: list[list[Hit]] = field(default_factory=list)
 
 
 class Engine:
@@ -340,6 +340,26 @@ class Engine:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._torch, functools.partial(fn, *args))
 
+    async def _settle(self, fn: Callable[[list[Any]], None], jobs: list[Any]) -> None:
+        """Run fn(jobs) on the torch thread, then settle each job's future with its own error,
+        the group's error (an engine fault: every request of the group gets it) or its answer.
+        Jobs already cancelled are dropped first: never run, never acknowledged."""
+        jobs = [j for j in jobs if not j.future.done()]
+        if not jobs:
+            return
+        try:
+            await self._run(fn, jobs)
+        except Exception as e:
+            for j in jobs:
+                j.error = e
+        for j in jobs:
+            if j.future.done():
+                continue
+            if j.error is not None:
+                j.future.set_exception(j.error)
+            else:
+                j.future.set_result(j.answer)
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -420,27 +440,13 @@ class Engine:
                 job = self._writes.popleft()
                 jobs.append(job)
                 size += len(job.items)
-            jobs = [j for j in jobs if not j.future.done()]  # cancelled: never acknowledged
-            if jobs:
-                try:
-                    await self._run(self._write_group, jobs)
-                except Exception as e:  # an engine fault: every request of the group gets it
-                    for j in jobs:
-                        j.error = e
-                for j in jobs:
-                    if j.future.done():
-                        continue
-                    if j.error is not None:
-                        j.future.set_exception(j.error)
-                    else:
-                        assert j.outcome is not None
-                        j.future.set_result(j.outcome)
+            await self._settle(self._write_group, jobs)
             if self._writes:
                 self._write_wakeup.set()
 
     def _write_group(self, jobs: list[_WriteJob]) -> None:
         """One encode, one plan, one WAL append (one fsync), then an assign per request, in
-        queue order; fills each job's outcome or error (see the module docstring)."""
+        queue order; fills each job's answer or error (see the module docstring)."""
         codec, bank, persistence = self._codec(), self._bank(), self._persistence()
         xs: list[tuple[_WriteJob, Tensor]] = []
         for j in jobs:
@@ -485,7 +491,7 @@ class Engine:
             for (j, z), (slots, evicted) in zip(group, plans, strict=True):
                 bank.assign(slots, z)
                 used += len(slots) - len(evicted)  # the slots that were free
-                j.outcome = WriteOutcome(slots=slots, evicted=evicted, used=used)
+                j.answer = WriteOutcome(slots=slots, evicted=evicted, used=used)
             self._changes_since_snapshot += len(group)
             self._write_groups += 1
             self._grouped_writes += len(group)
@@ -537,20 +543,7 @@ class Engine:
                 jobs.append(job)
                 size += len(job.queries)
             self._last_batch_jobs = len(jobs)
-            jobs = [j for j in jobs if not j.future.done()]  # drop requests already cancelled
-            if jobs:
-                try:
-                    await self._run(self._read_batch, jobs)
-                except Exception as e:  # an engine fault: every request of the batch gets it
-                    for j in jobs:
-                        j.error = e
-                for j in jobs:
-                    if j.future.done():
-                        continue
-                    if j.error is not None:
-                        j.future.set_exception(j.error)
-                    else:
-                        j.future.set_result(j.result)
+            await self._settle(self._read_batch, jobs)
             if self._pending:
                 self._wakeup.set()
 
@@ -619,7 +612,7 @@ class Engine:
                         position += 1
                     hits.append(Hit(slot=slot, score=score, count=count, reconstruction=recon))
                 result.append(hits)
-            j.result = result
+            j.answer = result
 
     # ------------------------------------------------------------------ slots
 
