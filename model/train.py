@@ -120,7 +120,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-train", type=int, default=0, help="use at most this many train items")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in the weights file
+    return args
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -226,7 +228,7 @@ def train(args: argparse.Namespace) -> Path:
         "train_seconds": round(seconds, 1),
         "hardware": hardware(),
         "torch": torch.__version__,
-        "command": "python -m model.train " + shlex.join(sys.argv[1:]),
+        "command": "python -m model.train " + shlex.join(args.argv),
     }
     fp = save_idrp(model, out, name=name, info=info)
     print(json.dumps({"weights": str(out), "fingerprint": fp, **info}, indent=2))
