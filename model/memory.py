@@ -120,17 +120,24 @@ class SlotView:
     last_access: int
 
 
-def _as_int(value: object, name: str, minimum: int) -> int:
-    """An int-like value (int, numpy integer, not bool) that is >= minimum, as an int."""
+def _int_like(value: object) -> int | None:
+    """value as an int if it is int-like (int, numpy or one-element tensor integer, not bool)."""
+    if isinstance(value, bool):
+        return None
     try:
-        if isinstance(value, bool):
-            raise TypeError
-        value = operator.index(value)  # type: ignore[arg-type]
+        return operator.index(value)  # type: ignore[arg-type]
     except TypeError:
-        raise ValueError(f"expected {name} to be an int >= {minimum}, got {value!r}") from None
-    if value < minimum:
-        raise ValueError(f"expected {name} >= {minimum}, got {name}={value}")
-    return value
+        return None
+
+
+def _as_int(value: object, name: str, minimum: int) -> int:
+    """An int-like value that is >= minimum, as an int."""
+    v = _int_like(value)
+    if v is None:
+        raise ValueError(f"expected {name} to be an int >= {minimum}, got {value!r}")
+    if v < minimum:
+        raise ValueError(f"expected {name} >= {minimum}, got {name}={v}")
+    return v
 
 
 def _unit_rows(x: Tensor) -> Tensor:
@@ -337,16 +344,13 @@ class MemoryBank:
         return t
 
     def _check_slot(self, slot: object) -> int:
-        """An int-like slot (int, numpy or one-element tensor integer) -> int in range."""
-        try:
-            if isinstance(slot, bool):
-                raise TypeError
-            slot = operator.index(slot)  # type: ignore[arg-type]
-        except TypeError:
-            raise ValueError(f"expected an int slot, got {slot!r}") from None
-        if not 0 <= slot < self.capacity:
-            raise SlotNotFound(f"slot {slot} is out of range [0, {self.capacity})")
-        return slot
+        """An int-like slot -> int in range."""
+        s = _int_like(slot)
+        if s is None:
+            raise ValueError(f"expected an int slot, got {slot!r}")
+        if not 0 <= s < self.capacity:
+            raise SlotNotFound(f"slot {s} is out of range [0, {self.capacity})")
+        return s
 
     # ------------------------------------------------------------------ storage dtype
 

@@ -72,6 +72,7 @@ from service.settings import Settings
 log = logging.getLogger("service.engine")
 
 T = TypeVar("T")
+J = TypeVar("J")
 Rows = Sequence[Sequence[float]] | Tensor
 State = Literal["created", "starting", "ready", "stopping", "stopped", "failed"]
 FLOAT16_MAX = 65504.0
@@ -134,6 +135,17 @@ class _ReadJob:
     x: Tensor | None = None  # filled on the torch thread
     error: Exception | None = None
     answer: list[list[Hit]] = field(default_factory=list)
+
+
+def _take_group(queue: deque[J], limit: int, rows: Callable[[J], int]) -> list[J]:
+    """Pop the first queued job, then each next one while the group's rows stay <= limit (a
+    single job over the limit still runs, alone)."""
+    jobs = [queue.popleft()]
+    size = rows(jobs[0])
+    while queue and size + rows(queue[0]) <= limit:
+        jobs.append(queue.popleft())
+        size += rows(jobs[-1])
+    return jobs
 
 
 class Engine:
@@ -434,12 +446,7 @@ class Engine:
                 if self.state != "ready":
                     return
                 continue
-            jobs = [self._writes.popleft()]
-            size = len(jobs[0].items)
-            while self._writes and size + len(self._writes[0].items) <= limit:
-                job = self._writes.popleft()
-                jobs.append(job)
-                size += len(job.items)
+            jobs = _take_group(self._writes, limit, lambda j: len(j.items))
             await self._settle(self._write_group, jobs)
             if self._writes:
                 self._write_wakeup.set()
@@ -536,12 +543,7 @@ class Engine:
             concurrent = self._last_batch_jobs > 1 or len(self._pending) > 1
             if wait_s > 0 and concurrent and sum(len(j.queries) for j in self._pending) < limit:
                 await asyncio.sleep(wait_s)  # let concurrent requests join this batch
-            jobs = [self._pending.popleft()]
-            size = len(jobs[0].queries)
-            while self._pending and size + len(self._pending[0].queries) <= limit:
-                job = self._pending.popleft()
-                jobs.append(job)
-                size += len(job.queries)
+            jobs = _take_group(self._pending, limit, lambda j: len(j.queries))
             self._last_batch_jobs = len(jobs)
             await self._settle(self._read_batch, jobs)
             if self._pending:
