@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from bench import common
-from model.memory import MemoryBank
+from model import snapshot
+from model.bank import MemoryBank
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -205,10 +206,10 @@ def bench_snapshot(n: int, m: int, reps: int) -> dict[str, Any]:
         size = 0
         for _ in range(reps):
             t0 = time.perf_counter()
-            size = bank.save(path, fingerprint="bench")
+            size = snapshot.save(bank, path, fingerprint="bench").bytes
             save_t.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            loaded, _ = MemoryBank.load(path, expected_fingerprint="bench")
+            loaded, _ = snapshot.load(path, expected_fingerprint="bench")
             load_t.append(time.perf_counter() - t0)
             del loaded
             t0 = time.perf_counter()

@@ -24,7 +24,7 @@ nothing per item beyond the code (per-model tables ship once):
 - raw pixels: b bits per pixel, b in (8, 4, 2) the largest with d * b / 8 <= budget (uniform
   levels round(x * (2^b - 1)) / (2^b - 1)); MNIST (d = 784) fits no budget.
 
-Read fidelity: recall@1 of a bank read (model.memory.MemoryBank, cosine; bank = training items'
+Read fidelity: recall@1 of a bank read (model.bank.MemoryBank, cosine; bank = training items'
 codes in the storage dtype, queries = test items' float32 codes) against the exact cosine nearest
 neighbour in input space, for two targets: raw pixels, and pixels centred on the training mean
 (what PCA's centred coefs approximate). IDRP codes per model and dtype; PCA codes at the same m.
@@ -52,10 +52,10 @@ from torch import Tensor
 
 from bench.common import RESULTS, ROOT, command, md_table, write_results
 from model import data as datasets
+from model.bank import MemoryBank
 from model.checkpoint import load_idrp, read_metadata
 from model.evaluate import metrics
 from model.idrp import IDRP
-from model.memory import MemoryBank
 
 BUDGETS = (16, 32, 64, 128)
 QUICK_BUDGETS = (16, 64)

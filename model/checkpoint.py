@@ -9,18 +9,16 @@ record it so that a bank is never decoded by a model that did not encode it.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as st_save
+from safetensors import safe_open
 from torch import Tensor
 
 from model.config import IDRPConfig
+from model.durable import read_safetensors_file_header, tensor_sha256, write_safetensors
 from model.errors import CheckpointError
 from model.idrp import IDRP
 
@@ -28,12 +26,8 @@ FORMAT = "memorytransit-idrp/1"
 
 
 def fingerprint(state: Mapping[str, Tensor]) -> str:
-    h = hashlib.sha256()
-    for key in sorted(state):
-        t = state[key].detach().to("cpu").contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    """sha256 of the tensors' names, dtypes, shapes and bytes (model.durable.tensor_sha256)."""
+    return tensor_sha256(state, describe=True)
 
 
 def _state(model: IDRP) -> dict[str, Tensor]:
@@ -43,7 +37,8 @@ def _state(model: IDRP) -> dict[str, Tensor]:
 def save_idrp(
     model: IDRP, path: str | Path, *, name: str | None = None, info: Mapping[str, object] = {}
 ) -> str:
-    """Write model to path atomically (tmp + fsync + rename); return its fingerprint."""
+    """Write model to path atomically (tmp + fsync + rename + fsync the folder); return its
+    fingerprint."""
     path = Path(path)
     state = _state(model)
     metadata = {
@@ -52,22 +47,21 @@ def save_idrp(
         "name": name or path.name.removesuffix(".safetensors"),
         "info": json.dumps(dict(info), sort_keys=True),
     }
-    data = st_save(state, metadata=metadata)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_safetensors(path, state, metadata)
     return fingerprint(state)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
+    """The weights file's metadata, reading only its header (cheap: no tensors loaded)."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as e:
+        header = read_safetensors_file_header(path)
+    except OSError as e:
         raise CheckpointError(f"weights file {path} is not a readable safetensors file: {e}") from e
+    if header is None:
+        raise CheckpointError(
+            f"weights file {path} is not a readable safetensors file: bad or truncated header"
+        )
+    return dict(header.get("__metadata__", {}))
 
 
 def load_idrp(path: str | Path, device: str | torch.device = "cpu") -> IDRP:

@@ -8,22 +8,54 @@ x and y are (B, d); log_det is (B,) and holds log|det df/dx| for forward and log
 for inverse, so the two are negatives of each other and `inverse(forward(x)[0])[0] == x` up to
 rounding. Couplings follow RealNVP/Glow with FrEIA's soft clamp; permutations follow nflows
 (fixed buffers, inverted by argsort), so everything needed to invert ships with the weights.
+
+Every module with trained weights takes an optional `generator` and draws its initial weights
+from it alone; `IDRP` passes one seeded from its config, so building a model never reads or
+advances torch's global RNG. Without one they draw from the global RNG, as torch's modules do.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class SwiGLU(nn.Module):
-    """SwiGLU(x) = W_out(silu(W_a x) * W_b x) (Shazeer, 2020)."""
+def seeded_linear(dim_in: int, dim_out: int, generator: torch.Generator | None) -> nn.Linear:
+    """nn.Linear(dim_in, dim_out) with torch's default init drawn from `generator` only.
 
-    def __init__(self, dim_in: int, dim_hidden: int, dim_out: int) -> None:
+    The layer is built uninitialised (on the meta device, then allocated), so nothing is drawn
+    from the global RNG unless generator is None. Same draws as nn.Linear.reset_parameters:
+    weight ~ kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(dim_in), 1/sqrt(dim_in)), then bias ~ the
+    same uniform, so a generator seeded like the global RNG gives nn.Linear's weights exactly.
+    """
+    layer = nn.utils.skip_init(nn.Linear, dim_in, dim_out)
+    with torch.no_grad():
+        nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+        bound = 1 / math.sqrt(dim_in) if dim_in > 0 else 0.0
+        nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+    return layer
+
+
+class SwiGLU(nn.Module):
+    """SwiGLU(x) = W_out(silu(W_a x) * W_b x) (Shazeer, 2020).
+
+    W_a and W_b are the two halves of w_in's outputs: [W_a x, W_b x] = w_in(x), biases included.
+    """
+
+    def __init__(
+        self,
+        dim_in: int,
+        dim_hidden: int,
+        dim_out: int,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
-        self.w_in = nn.Linear(dim_in, 2 * dim_hidden)
-        self.w_out = nn.Linear(dim_hidden, dim_out)
+        self.w_in = seeded_linear(dim_in, 2 * dim_hidden, generator)
+        self.w_out = seeded_linear(dim_hidden, dim_out, generator)
 
     def forward(self, x: Tensor) -> Tensor:
         a, b = self.w_in(x).chunk(2, dim=-1)  # (B, h), (B, h)
@@ -33,10 +65,10 @@ class SwiGLU(nn.Module):
 class ResidualBlock(nn.Module):
     """x + SwiGLU(LayerNorm(x)): the pre-norm residual block of the coupling subnetwork."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, *, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.ff = SwiGLU(dim, dim, dim)
+        self.ff = SwiGLU(dim, dim, dim, generator=generator)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.ff(self.norm(x))
@@ -49,7 +81,15 @@ class AffineCoupling(nn.Module):
     works. x1 passes through untouched, bit for bit.
     """
 
-    def __init__(self, d: int, hidden: int, n_blocks: int, clamp: float) -> None:
+    def __init__(
+        self,
+        d: int,
+        hidden: int,
+        n_blocks: int,
+        clamp: float,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         if d < 2:
             raise ValueError(f"expected d >= 2, got d={d}")
@@ -57,10 +97,11 @@ class AffineCoupling(nn.Module):
         self.d2 = d - self.d1
         self.clamp = clamp
         self.subnet = nn.Sequential(
-            nn.Linear(self.d1, hidden),
-            *(ResidualBlock(hidden) for _ in range(n_blocks)),
+            seeded_linear(self.d1, hidden, generator),
+            *(ResidualBlock(hidden, generator=generator) for _ in range(n_blocks)),
             nn.LayerNorm(hidden),
-            nn.Linear(hidden, 2 * self.d2),
+            # Drawn, then zeroed below: the draw keeps every later layer's weights where they were.
+            seeded_linear(hidden, 2 * self.d2, generator),
         )
         # The last layer starts at zero, so s = t = 0 and the untrained coupling is the identity:
         # the flow starts as its (PCA-initialised) linear map and training only moves away from it.
@@ -147,14 +188,23 @@ class InvertibleNet(nn.Module):
     """f = [P_N . C_N] ... [P_1 . C_1] . L: a fixed linear map L, then N (coupling, permutation)."""
 
     def __init__(
-        self, d: int, n_layers: int, hidden: int, n_blocks: int, clamp: float, seed: int
+        self,
+        d: int,
+        n_layers: int,
+        hidden: int,
+        n_blocks: int,
+        clamp: float,
+        seed: int,
+        *,
+        generator: torch.Generator | None = None,
     ) -> None:
+        """seed fixes the permutations; generator (or the global RNG) the couplings' weights."""
         super().__init__()
         self.d = d
         self.linear = FixedLinear(d)
         layers: list[nn.Module] = []
         for i in range(n_layers):
-            layers.append(AffineCoupling(d, hidden, n_blocks, clamp))
+            layers.append(AffineCoupling(d, hidden, n_blocks, clamp, generator=generator))
             layers.append(Permutation(d, seed=seed * 1_000_003 + i))
         self.layers = nn.ModuleList(layers)
 

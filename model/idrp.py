@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import IDRPConfig
-from model.flow import InvertibleNet, SwiGLU
+from model.flow import InvertibleNet, SwiGLU, seeded_linear
 
 
 class IDRP(nn.Module):
@@ -26,16 +26,23 @@ class IDRP(nn.Module):
         super().__init__()
         self.config = config
         d, m = config.d, config.m
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(config.seed)  # initial weights from the config's seed ...
-        try:
-            self.flow = InvertibleNet(
-                d, config.n_layers, config.hidden, config.n_blocks, config.clamp, config.seed
-            )
-            g_out = SwiGLU(config.predictor_hidden, config.predictor_hidden, d - m)
-            self.predictor = nn.Sequential(nn.Linear(m, config.predictor_hidden), g_out)
-        finally:
-            torch.random.set_rng_state(generator_state)  # ... without touching the global RNG
+        # Every initial weight comes from this local generator, seeded from the config, so the
+        # same config builds the same model and building one never reads or advances torch's
+        # global RNG (CPU or CUDA), whichever thread builds it. The draws are in the order the
+        # layers are built, as nn.Linear would draw them after torch.manual_seed(config.seed).
+        generator = torch.Generator().manual_seed(config.seed)
+        self.flow = InvertibleNet(
+            d,
+            config.n_layers,
+            config.hidden,
+            config.n_blocks,
+            config.clamp,
+            config.seed,
+            generator=generator,
+        )
+        ph = config.predictor_hidden
+        g_out = SwiGLU(ph, ph, d - m, generator=generator)  # drawn before g's first layer
+        self.predictor = nn.Sequential(seeded_linear(m, ph, generator), g_out)
         # g starts at zero: the predicted z_aux is the training mean (0 after centring), as PCA.
         nn.init.zeros_(g_out.w_out.weight)
         nn.init.zeros_(g_out.w_out.bias)
@@ -273,23 +280,3 @@ def compile_codec(model: IDRP, *, atol: float = 1e-6) -> CompiledCodec:
                     f"{x.shape[0]} (d={d}, m={m}), more than atol={atol:g}"
                 )
     return codec
-
-
-def perturb_(model: nn.Module, scale: float = 0.1, seed: int = 0) -> nn.Module:
-    """Add seeded noise to every parameter, so couplings and g are not the identity / zero."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            noise = torch.randn(p.shape, generator=generator, dtype=p.dtype)
-            p.add_(scale * noise.to(p.device))
-    return model
-
-
-def tiny_idrp(d: int = 64, m: int = 16, seed: int = 0, **overrides: int | float) -> IDRP:
-    """A small IDRP with perturbed (non-identity) weights, for tests: no training needed."""
-    cfg = {"n_layers": 2, "hidden": 32, "n_blocks": 1, "predictor_hidden": 32, **overrides}
-    model = IDRP(IDRPConfig(d=d, m=m, seed=seed, **cfg))  # type: ignore[arg-type]
-    perturb_(model, seed=seed)
-    model.fingerprint = f"tiny-{d}-{m}-{seed}"
-    model.name = "tiny"
-    return model.eval()

@@ -42,10 +42,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from model import snapshot  # noqa: E402
 from model.checkpoint import load_idrp, save_idrp  # noqa: E402
+from model.enums import FSYNC_POLICIES  # noqa: E402
 from model.errors import SnapshotError  # noqa: E402
-from model.idrp import IDRP, tiny_idrp  # noqa: E402
-from model.memory import MemoryBank  # noqa: E402
+from model.idrp import IDRP  # noqa: E402
+from model.testing import tiny_idrp  # noqa: E402
 from service.process import ServerProcess, free_port  # noqa: E402
 
 CAPACITY = 200_000
@@ -111,7 +113,7 @@ def check_snapshots(folder: Path, fingerprint: str, m: int) -> list[str]:
     problems = []
     for path in sorted(folder.glob("snap-*.safetensors")):
         try:
-            MemoryBank.load(path, expected_fingerprint=fingerprint, capacity=CAPACITY, m=m)
+            snapshot.load(path, expected_fingerprint=fingerprint, capacity=CAPACITY, m=m)
         except SnapshotError as e:
             problems.append(f"{path.name}: {e}")
     return problems
@@ -153,7 +155,7 @@ def verify(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=20)
-    ap.add_argument("--fsync", choices=["always", "everysec", "off"], default="always")
+    ap.add_argument("--fsync", choices=FSYNC_POLICIES, default="always")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--min-s", type=float, default=0.2, help="earliest kill after ready")
     ap.add_argument("--max-s", type=float, default=2.0, help="latest kill after ready")

@@ -1,5 +1,5 @@
-"""API keys as dependencies: `access_dependencies(settings)` gives the read check and the write
-check that create_app puts in its routes' `Annotated` parameters.
+"""API keys: the role a request's key grants, checked by the ReadAccess / WriteAccess
+dependencies (service/deps.py).
 
 With MT_API_KEY set, every route but /healthz and /readyz needs a key, sent as
 `X-API-Key: <key>` or `Authorization: Bearer <key>`:
@@ -9,19 +9,23 @@ With MT_API_KEY set, every route but /healthz and /readyz needs a key, sent as
   that change state (/write, DELETE /slots/{i}, /snapshot).
 Keys are compared in constant time (hmac.compare_digest) and never logged.
 
-Without MT_API_KEY both checks are one async no-op that reads no header: FastAPI resolves every
-sub-dependency on every request, so the two header parsers would cost each /read time for
-nothing. The OpenAPI document then lists no security scheme, as no key is needed.
+`authenticate` and `authorize_write` are module-level dependencies that read the app's settings
+from `request.app.state.settings`. Without MT_API_KEY they return at once and read no header:
+FastAPI resolves every sub-dependency on every request, so header parsers declared as such would
+cost each /read time for nothing; with a key they call the header schemes themselves.
+
+The OpenAPI document lists the schemes only when a key is needed: `key_schemes(settings)` gives
+them as dependencies of the routers that need a key (create_app includes those routers with
+them), which is how FastAPI documents security; without MT_API_KEY it gives none.
 """
 
 from __future__ import annotations
 
 import hmac
 from enum import StrEnum
-from typing import Annotated, NamedTuple
 
-from fastapi import Depends, HTTPException, Request, Security, params
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import HTTPException, Request, Security, params
+from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import SecretStr
 
 from service.settings import Settings
@@ -59,13 +63,15 @@ def role_of(settings: Settings, presented: str | None) -> Role | None:
     return Role.write if is_write else Role.read if is_read else None
 
 
-async def _role(
-    request: Request,
-    api_key: Annotated[str | None, Security(_api_key_header)],
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-) -> Role:
+async def authenticate(request: Request) -> Role:
+    """The caller's role; 401 without a valid key. Every caller may write when MT_API_KEY is
+    unset, and then no header is read."""
     # async, as every dependency here: FastAPI runs a plain `def` one on its thread pool.
     settings: Settings = request.app.state.settings
+    if not settings.auth_enabled:
+        return Role.write
+    api_key = await _api_key_header(request)
+    bearer = await _bearer(request)
     presented = api_key if api_key is not None else (bearer.credentials if bearer else None)
     role = role_of(settings, presented)
     if role is None:
@@ -76,27 +82,18 @@ async def _role(
     return role
 
 
-async def _require_write(role: Annotated[Role, Depends(_role)]) -> Role:
+async def authorize_write(request: Request) -> Role:
+    """The caller's role, which must be write: 401 as `authenticate`, 403 for a read-only key."""
+    role = await authenticate(request)
     if role is not Role.write:
         raise HTTPException(403, "this API key is read-only")
     return role
 
 
-async def _open() -> Role:
-    """No key configured: every caller has full access, and no header is read."""
-    return Role.write
-
-
-class Access(NamedTuple):
-    """The dependencies of the read routes and of the routes that change state."""
-
-    read: params.Depends
-    write: params.Depends
-
-
-def access_dependencies(settings: Settings) -> Access:
-    """The key checks for an app with these settings: `_open` for both when MT_API_KEY is
-    unset, else the checks of the module docstring (documented as security schemes)."""
+def key_schemes(settings: Settings) -> list[params.Depends]:
+    """The key schemes as router dependencies, so that the OpenAPI document lists them on the
+    routes that need a key; none when MT_API_KEY is unset. They only read their header: the
+    checks are `authenticate` / `authorize_write`."""
     if not settings.auth_enabled:
-        return Access(read=Depends(_open), write=Depends(_open))
-    return Access(read=Depends(_role), write=Depends(_require_write))
+        return []
+    return [Security(_api_key_header), Security(_bearer)]

@@ -27,10 +27,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from model.errors import SlotNotFound
-from service.engine import NotReady
+from model.errors import DiskFullError, NotReady, PersistenceError, SlotNotFound
 from service.schemas import ErrorResponse
-from service.wal import DiskFullError, PersistenceError
 
 log = logging.getLogger("service.errors")
 

@@ -10,12 +10,12 @@ One folder holds everything (docs/DURABILITY.md has the rules and the operator's
 The engine's contract:
 - at start, `recover(make_bank, ...)` returns the bank: the newest valid snapshot plus the WAL
   records after its LSN (a fresh `make_bank()` plus the whole WAL when there is no snapshot);
-- every mutation is logged under the engine's bank lock *before* the bank changes
-  (`log_write(slots, codes)` with the float32 codes given to `bank.assign`, `log_delete`,
-  `log_clear`), so a failed append (DiskFullError) leaves the bank unchanged;
-- a snapshot is a copy of `bank.state_dict()` and `last_lsn`, both taken under the bank lock,
-  passed to `snapshot(state, lsn)` outside it; the WAL then drops the records that every kept
-  snapshot holds.
+- `log(ops)` is the memory loop's durability callback (`IDRPMemory(..., log=persistence.log)`):
+  it logs a group of operations (model/ops.py, encoded by service/records.py) with one append,
+  *before* the loop applies them, so a failed append (DiskFullError) leaves the bank unchanged;
+- a snapshot is a copy of the bank's state and the LSN it holds, taken together under the bank
+  lock (`IDRPMemory.checkpoint()`), passed to `snapshot(state, lsn)` outside it; the WAL then
+  drops the records that every kept snapshot holds.
 
 Read counters (counts, last_access, reads/hits/misses, tick) change on reads, which are not
 logged: after a crash they are those of the snapshot, at most one snapshot interval old.
@@ -37,33 +37,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from model.errors import SlotNotFound, SnapshotError
-from model.memory import MemoryBank
-from service.store import LoadResult, SnapshotInfo, SnapshotStore
-from service.wal import (
-    FSYNC_POLICIES,
-    DiskFullError,
+from model.bank import MemoryBank
+from model.durable import fsync_dir
+from model.enums import FSYNC_POLICIES, FsyncPolicy
+from model.errors import (
     PersistenceError,
     RecoveryError,
+    SlotNotFound,
+    SnapshotError,
     WalCorruptError,
-    WalFingerprintError,
-    WalRecord,
-    WriteAheadLog,
-    fsync_dir,
     os_error,
 )
+from model.ops import Free, Op
+from service import records
+from service.store import LoadResult, SnapshotInfo, SnapshotStore
+from service.wal import WriteAheadLog
 
-__all__ = [
-    "DiskFullError",
-    "Persistence",
-    "PersistenceError",
-    "Recovery",
-    "RecoveryError",
-    "SnapshotError",
-    "SnapshotInfo",
-    "WalCorruptError",
-    "WalFingerprintError",
-]
+__all__ = ["Persistence", "Recovery"]
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +80,15 @@ class Persistence:
 
     allow_fresh: when the saved state cannot be recovered without loss (every snapshot bad, a
     WAL from another model or corrupt in the middle, records missing between the newest valid
-    snapshot and the WAL), move the files to quarantine-<time>/ and start from `make_bank()`
-    instead of raising RecoveryError.
+    snapshot and the WAL, a record that cannot be replayed), move the files to
+    quarantine-<time>/ and start from `make_bank()` instead of raising RecoveryError.
     """
 
     def __init__(
         self,
         directory: str | os.PathLike[str],
         *,
-        fsync: str = "always",
+        fsync: FsyncPolicy = "always",
         keep: int = 3,
         allow_fresh: bool = False,
     ) -> None:
@@ -118,8 +108,6 @@ class Persistence:
         self._last_snapshot: SnapshotInfo | None = None
         self._snapshot_lock = threading.Lock()
 
-    # ------------------------------------------------------------------ recover
-
     def recover(
         self,
         make_bank: Callable[[], MemoryBank],
@@ -130,7 +118,7 @@ class Persistence:
         device: str | torch.device = "cpu",
     ) -> Recovery:
         """Open the folder and rebuild the bank; RecoveryError (naming every problem) when
-        that would lose data and allow_fresh is off. Call once, before any log_* call."""
+        that would lose data and allow_fresh is off. Call once, before any `log` call."""
         if self._wal is not None:
             raise RuntimeError("recover() was already called")
         if not isinstance(fingerprint, str) or not fingerprint:
@@ -167,80 +155,28 @@ class Persistence:
         m: int,
         device: str | torch.device,
     ) -> Recovery:
-        assert self._store is not None
         warnings: list[str] = []
-        problems: list[str] = []
-        wal: WriteAheadLog | None = None
-        loaded: LoadResult | None = None
-        try:
-            wal = WriteAheadLog(
-                self.directory / WAL_NAME, fsync=self.fsync, fingerprint=fingerprint
-            )
-        except RecoveryError as e:
-            problems.append(str(e))
-        all_bad: str | None = None
-        try:
-            loaded = self._store.load_latest(
-                fingerprint=fingerprint, capacity=capacity, m=m, device=device
-            )
-        except SnapshotError as e:
-            all_bad = str(e)
-        if loaded is not None:
-            warnings += [f"skipped snapshot {p.name}: {why}" for p, why in loaded.skipped]
+        wal, loaded, problems = self._open_files(fingerprint, capacity, m, device, warnings)
+        bank: MemoryBank | None = None
+        start = replayed = 0
         if wal is not None and not problems:
-            start = loaded.lsn if loaded is not None else 0
-            if all_bad is not None and wal.base_lsn == 0:
-                # The log still holds every mutation since the bank was empty: no loss.
-                warnings.append(f"{all_bad}; rebuilt the bank from the whole {WAL_NAME}")
-            elif all_bad is not None:
-                problems.append(all_bad)
-            elif wal.base_lsn > start:
-                what = f"snapshot {loaded.info.path.name}" if loaded else "no snapshot file"
-                problems.append(
-                    f"the newest valid snapshot is at lsn {start} ({what}) but {WAL_NAME} "
-                    f"starts after lsn {wal.base_lsn}: mutations {start + 1}..{wal.base_lsn} "
-                    f"are in no readable file"
+            bank, start = self._base_bank(loaded, make_bank, capacity, m)
+            warnings += wal.warnings
+            if wal.created and start > 0:
+                warnings.append(
+                    f"{WAL_NAME} was missing: started a new one after snapshot lsn {start}; "
+                    "mutations after that snapshot, if there were any, are lost"
                 )
-        elif all_bad is not None:
-            problems.append(all_bad)
+            try:
+                replayed = self._replay(bank, wal, start, warnings)
+            except RecoveryError as e:
+                problems.append(str(e))
         if problems:
-            if wal is not None:
-                wal.close()
-            if not self.allow_fresh:
-                raise RecoveryError(
-                    f"cannot recover the bank from {self.directory} without losing data: "
-                    + "; ".join(problems)
-                    + f". Nothing was changed: repair or restore the files, or {FRESH_HINT}."
-                )
-            moved_to = self._quarantine()
-            warnings.append(
-                f"started with an empty bank (allow_fresh): {'; '.join(problems)}; "
-                f"the old files were moved to {moved_to}"
-            )
-            log.warning("%s", warnings[-1])
-            wal = WriteAheadLog(
-                self.directory / WAL_NAME, fsync=self.fsync, fingerprint=fingerprint
-            )
-            loaded = None
-        assert wal is not None
+            wal = self._start_fresh(wal, problems, fingerprint, warnings)
+            loaded, replayed = None, 0
+            bank, start = self._base_bank(None, make_bank, capacity, m)
+        assert wal is not None and bank is not None
         self._wal = wal
-        warnings += wal.warnings
-
-        if loaded is not None:
-            bank, start = loaded.bank, loaded.lsn
-        else:
-            bank, start = make_bank(), 0
-            if bank.capacity != capacity or bank.m != m:
-                raise ValueError(
-                    f"expected make_bank() to build capacity={capacity}, m={m}, got "
-                    f"capacity={bank.capacity}, m={bank.m}"
-                )
-        if wal.created and start > 0:
-            warnings.append(
-                f"{WAL_NAME} was missing: started a new one after snapshot lsn {start}; "
-                "mutations after that snapshot, if there were any, are lost"
-            )
-        replayed = self._replay(bank, wal, start, warnings)
         if wal.last_lsn < start:  # new LSNs must come after the snapshot's
             wal.truncate_through(start)
         for w in warnings:
@@ -256,18 +192,106 @@ class Persistence:
             last_lsn=wal.last_lsn,
         )
 
+    def _open_wal(self, fingerprint: str) -> WriteAheadLog:
+        return WriteAheadLog(self.directory / WAL_NAME, fsync=self.fsync, tag=fingerprint)
+
+    def _open_files(
+        self,
+        fingerprint: str,
+        capacity: int,
+        m: int,
+        device: str | torch.device,
+        warnings: list[str],
+    ) -> tuple[WriteAheadLog | None, LoadResult | None, list[str]]:
+        """The WAL (None when it cannot be opened), the newest valid snapshot (None when there
+        is none) and the problems that make recovering them lose data."""
+        assert self._store is not None
+        problems: list[str] = []
+        wal: WriteAheadLog | None = None
+        try:
+            wal = self._open_wal(fingerprint)
+        except RecoveryError as e:
+            problems.append(str(e))
+        loaded: LoadResult | None = None
+        all_bad: str | None = None
+        try:
+            loaded = self._store.load_latest(
+                fingerprint=fingerprint, capacity=capacity, m=m, device=device
+            )
+        except SnapshotError as e:
+            all_bad = str(e)
+        if loaded is not None:
+            warnings += [f"skipped snapshot {p.name}: {why}" for p, why in loaded.skipped]
+        start = loaded.lsn if loaded is not None else 0
+        if all_bad is not None and wal is not None and wal.base_lsn == 0:
+            # The log still holds every mutation since the bank was empty: no loss.
+            warnings.append(f"{all_bad}; rebuilt the bank from the whole {WAL_NAME}")
+        elif all_bad is not None:
+            problems.append(all_bad)
+        elif wal is not None and wal.base_lsn > start:
+            what = f"snapshot {loaded.info.path.name}" if loaded else "no snapshot file"
+            problems.append(
+                f"the newest valid snapshot is at lsn {start} ({what}) but {WAL_NAME} "
+                f"starts after lsn {wal.base_lsn}: mutations {start + 1}..{wal.base_lsn} "
+                f"are in no readable file"
+            )
+        return wal, loaded, problems
+
+    def _start_fresh(
+        self, wal: WriteAheadLog | None, problems: list[str], fingerprint: str, warnings: list[str]
+    ) -> WriteAheadLog:
+        """RecoveryError listing the problems; with allow_fresh, move the files aside and open
+        a new, empty WAL instead."""
+        if wal is not None:
+            wal.close()
+        if not self.allow_fresh:
+            raise RecoveryError(
+                f"cannot recover the bank from {self.directory} without losing data: "
+                + "; ".join(problems)
+                + f". Nothing was changed: repair or restore the files, or {FRESH_HINT}."
+            )
+        moved_to = self._quarantine()
+        warnings.append(
+            f"started with an empty bank (allow_fresh): {'; '.join(problems)}; "
+            f"the old files were moved to {moved_to}"
+        )
+        return self._open_wal(fingerprint)
+
+    @staticmethod
+    def _base_bank(
+        loaded: LoadResult | None, make_bank: Callable[[], MemoryBank], capacity: int, m: int
+    ) -> tuple[MemoryBank, int]:
+        """The bank replay starts from and its LSN: the snapshot's, or a new empty one."""
+        if loaded is not None:
+            return loaded.bank, loaded.lsn
+        bank = make_bank()
+        if bank.capacity != capacity or bank.m != m:
+            raise ValueError(
+                f"expected make_bank() to build capacity={capacity}, m={m}, got "
+                f"capacity={bank.capacity}, m={bank.m}"
+            )
+        return bank, 0
+
     def _replay(self, bank: MemoryBank, wal: WriteAheadLog, start: int, warnings: list[str]) -> int:
+        """Apply the records after `start` to the bank; RecoveryError naming the first record
+        that is malformed or cannot be applied."""
         replayed = 0
         missing_deletes = []
-        for rec in wal.records(after_lsn=start):
+        for lsn, data in wal.records(after_lsn=start):
             try:
-                self._apply(bank, rec)
+                op = records.decode(data)
+            except ValueError as e:
+                raise WalCorruptError(f"{WAL_NAME}: record lsn {lsn} is malformed: {e}") from e
+            try:
+                bank.apply(op)
             except SlotNotFound:
-                missing_deletes.append(rec.lsn)  # a delete of a free slot changes nothing
+                if not isinstance(op, Free):
+                    raise
+                missing_deletes.append(lsn)  # a delete of a free slot changes nothing
             except ValueError as e:
                 raise RecoveryError(
-                    f"{WAL_NAME}: record lsn {rec.lsn} ({rec.op}) cannot be replayed into a "
-                    f"bank of capacity {bank.capacity}, m {bank.m}: {e}"
+                    f"{WAL_NAME}: record lsn {lsn} ({records.kind(op)}) cannot be replayed into "
+                    f"a bank of capacity {bank.capacity}, m {bank.m}: {e}"
                 ) from e
             replayed += 1
         if missing_deletes:
@@ -276,17 +300,6 @@ class Persistence:
                 f"(lsn {missing_deletes[:5]})"
             )
         return replayed
-
-    @staticmethod
-    def _apply(bank: MemoryBank, rec: WalRecord) -> None:
-        if rec.op == "write":
-            assert rec.slots is not None and rec.codes is not None
-            bank.assign(rec.slots, rec.codes)
-        elif rec.op == "delete":
-            assert rec.slot is not None
-            bank.delete(rec.slot)
-        else:
-            bank.clear()
 
     def _quarantine(self) -> Path:
         """Move the snapshots and the WAL into quarantine-<UTC time>/ (nothing is deleted)."""
@@ -305,53 +318,40 @@ class Persistence:
             raise os_error(f"cannot move the unreadable files to {target}", e) from e
         return target
 
-    # ------------------------------------------------------------------ log
-
-    def _log(self) -> WriteAheadLog:
+    def _open_log(self) -> WriteAheadLog:
         if self._wal is None:
             raise PersistenceError("persistence is not open: call recover() first")
         return self._wal
 
-    def log_write(self, slots: Any, codes: Tensor) -> int:
-        """Log codes (n, m) float32 about to be assigned to slots (n,); returns the LSN.
-        Call under the bank lock before `bank.assign`; DiskFullError / PersistenceError mean
-        nothing was logged and the bank must not change."""
-        return self._log().append_write(slots, codes)
-
-    def log_writes(self, writes: Sequence[tuple[Any, Tensor]]) -> list[int]:
-        """Log several writes (slots, codes) in order, with one fsync (WriteAheadLog.append_writes);
-        returns their LSNs. All or nothing: on DiskFullError / PersistenceError none is logged
-        and the bank must not change."""
-        return self._log().append_writes(writes)
-
-    def log_delete(self, slot: int) -> int:
-        """Log a delete (call after checking the slot is occupied, before `bank.delete`)."""
-        return self._log().append_delete(slot)
-
-    def log_clear(self) -> int:
-        """Log a clear (before `bank.clear`)."""
-        return self._log().append_clear()
+    def log(self, ops: Sequence[Op]) -> int:
+        """Log operations (all or nothing, one append and, with fsync "always", one fsync)
+        and return the LSN of the last one: the memory loop's durability callback, called
+        under its lock before it applies them. DiskFullError / PersistenceError (or a
+        ValueError for an operation that cannot be encoded) mean nothing was logged and the
+        bank must not change."""
+        wal = self._open_log()
+        lsns = wal.append([records.encode(op) for op in ops])
+        return lsns[-1] if lsns else wal.last_lsn
 
     @property
     def last_lsn(self) -> int:
-        """The LSN of the last logged mutation (read it under the bank lock with the state)."""
-        return self._log().last_lsn
-
-    # ------------------------------------------------------------------ snapshot
+        """The LSN of the last logged operation."""
+        return self._open_log().last_lsn
 
     @property
     def last_snapshot(self) -> SnapshotInfo | None:
         return self._last_snapshot
 
     def snapshot(self, state: Mapping[str, Tensor] | MemoryBank, lsn: int) -> SnapshotInfo:
-        """Save state (a copy of `bank.state_dict()` taken with `last_lsn` under the bank
-        lock) as snapshot `lsn`, keep the newest `keep`, and drop the WAL records that every
-        kept snapshot holds. Safe to call from a background thread while writes go on.
+        """Save state (a copy of the bank's state and the LSN it holds, taken together under
+        the bank lock: `IDRPMemory.checkpoint()`) as snapshot `lsn`, keep the newest `keep`,
+        and drop the WAL records that every kept snapshot holds. Safe to call from a
+        background thread while writes go on.
 
         DiskFullError / PersistenceError when the snapshot cannot be written: the previous
         snapshots and the WAL are unchanged, so nothing is lost.
         """
-        wal = self._log()
+        wal = self._open_log()
         assert self._store is not None
         if isinstance(lsn, bool) or not isinstance(lsn, int) or not 0 <= lsn <= wal.last_lsn:
             raise ValueError(f"expected lsn in [0, {wal.last_lsn}] (last logged), got {lsn!r}")
@@ -373,8 +373,6 @@ class Persistence:
                 except PersistenceError as e:  # the snapshot is good; the log is only longer
                     log.warning("snapshot %s saved, but %s", info.path.name, e)
             return info
-
-    # ------------------------------------------------------------------ stats / close
 
     def stats(self) -> dict[str, Any]:
         """Facts for /stats and metrics."""

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, field_validator
 from pydantic.json_schema import JsonDict
 from pydantic_core import PydanticCustomError
 
+from model.enums import WriteMode
+
 FLOAT32_MAX = 3.4028234663852886e38
 
 # A finite float32 value (the row validator gives the error its message; this documents it).
@@ -69,7 +71,7 @@ class WriteRequest(Request):
     )
 
     items: Annotated[list[Vector], Field(min_length=1, max_length=1024)]
-    mode: Literal["mean", "each"] = "mean"
+    mode: WriteMode = "mean"
 
     @field_validator("items")
     @classmethod

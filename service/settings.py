@@ -13,11 +13,11 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.enums import BankDtype, FsyncPolicy
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
 
-BankDtype = Literal["float32", "float16", "int8"]
-WalFsync = Literal["always", "everysec", "off"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
 
@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     )
     snapshot_on_shutdown: bool = True
     snapshot_keep: int = Field(default=3, ge=1, description="Snapshot generations kept on disk.")
-    wal_fsync: WalFsync = "always"
+    wal_fsync: FsyncPolicy = "always"
     allow_fresh: bool = Field(
         default=False,
         description="Start with an empty bank when snapshots exist "

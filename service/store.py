@@ -1,19 +1,18 @@
 """Snapshot generations of the bank: snap-<lsn>.safetensors, newest K kept, bad ones skipped.
 
-A snapshot is one `model.memory.save_state` file (atomic: temp file, fsync, rename, fsync the
-folder; a sha256 of the tensors in its metadata), written from the bank or from a copy of its
-state as it is (no second bank, and so no second read cache, is built to save a copy). It is
-named after the WAL LSN of the last mutation it holds, with that LSN in its metadata too.
-Loading tries the newest first and falls back to the previous generation when a file fails any
-check (truncated, bit flip, other model, other shape), naming the file and the reason; when
-files exist but none is valid it refuses (`SnapshotError`) rather than hand back an empty bank
-over existing data. File hashes are computed reading in chunks, never the whole file at once.
+A snapshot is one `model.snapshot` file (atomic: temp file, fsync, rename, fsync the folder;
+a sha256 of the tensors in its metadata), written from the bank or from a copy of its state as
+it is (no second bank, and so no second read cache, is built to save a copy). It is named after
+the WAL LSN of the last mutation it holds, with that LSN in its metadata too. Loading tries the
+newest first and falls back to the previous generation when a file fails any check (truncated,
+bit flip, other model, other shape), naming the file and the reason; when files exist but none
+is valid it refuses (`SnapshotError`) rather than hand back an empty bank over existing data.
+A file's size and sha256 come from `model.snapshot.save` / `load` as they write or read it:
+nothing reads a snapshot a second time.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import re
@@ -25,20 +24,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from model.errors import SnapshotError
-from model.memory import MemoryBank, save_state
-from service.wal import fsync_dir, os_error
+from model import snapshot
+from model.bank import MemoryBank
+from model.durable import fsync_dir
+from model.errors import SnapshotError, os_error
 
 __all__ = ["LoadResult", "SnapshotInfo", "SnapshotStore", "snapshot_name"]
 
 log = logging.getLogger(__name__)
 
-_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 _NAME = re.compile(r"^snap-(\d{16})\.safetensors$")
-_TMP_GLOBS = (
-    ".snap-*.tmp",
-    "snap-*.tmp",
-)  # save_state's temp files, left by a crash
+_TMP_GLOB = ".snap-*.safetensors.*.tmp"  # model.durable.atomic_write's, left by a crash
 
 
 def snapshot_name(lsn: int) -> str:
@@ -67,22 +63,6 @@ class LoadResult:
     lsn: int
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
-
-
-def _file_facts(path: Path) -> tuple[str, str]:
-    """(sha256 of the file, created_at from its safetensors metadata or ""), reading the file in
-    chunks: a snapshot of a large bank is never held in memory whole for its hash."""
-    created = ""
-    with path.open("rb") as f:
-        try:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n)) if n <= _MAX_HEADER else {}
-            created = str(header.get("__metadata__", {}).get("created_at", ""))
-        except (ValueError, AttributeError):
-            pass
-        f.seek(0)
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    return digest, created
 
 
 class SnapshotStore:
@@ -114,14 +94,13 @@ class SnapshotStore:
     def remove_temp_files(self) -> list[Path]:
         """Delete temp files left by a crash during a save (call before any save starts)."""
         removed = []
-        for pattern in _TMP_GLOBS:
-            for p in self.directory.glob(pattern):
-                try:
-                    p.unlink()
-                    removed.append(p)
-                    log.warning("removed %s, a snapshot temp file left by a crash", p)
-                except OSError as e:
-                    log.warning("cannot remove the temp file %s: %s", p, e)
+        for p in self.directory.glob(_TMP_GLOB):
+            try:
+                p.unlink()
+                removed.append(p)
+                log.warning("removed %s, a snapshot temp file left by a crash", p)
+            except OSError as e:
+                log.warning("cannot remove the temp file %s: %s", p, e)
         return removed
 
     # ------------------------------------------------------------------ save
@@ -132,11 +111,11 @@ class SnapshotStore:
         *,
         fingerprint: str,
         lsn: int,
-        initial_count: int = 0,
+        initial_count: int | None = None,
     ) -> SnapshotInfo:
         """Write state (a bank, or a copy of its `state_dict`) as snapshot `lsn`, then keep only
-        the newest `keep` files. `initial_count` is the bank's (a state dict lacks it); a state
-        dict with the wrong tensors is a ValueError.
+        the newest `keep` files. `initial_count` is the bank's (a state dict lacks it; None: a
+        bank's own, or 0); a state dict with the wrong tensors is a ValueError.
 
         A failed write (disk full, folder not writable) raises DiskFullError / PersistenceError
         and leaves the existing snapshots as they were.
@@ -147,17 +126,13 @@ class SnapshotStore:
         extra = {"lsn": str(lsn)}
         t0 = time.perf_counter()
         try:
-            if isinstance(state, MemoryBank):
-                size = state.save(path, fingerprint=fingerprint, extra=extra)
-            else:
-                size = save_state(
-                    path, state, fingerprint=fingerprint, initial_count=initial_count, extra=extra
-                )
-            sha256, created = _file_facts(path)
+            file = snapshot.save(
+                state, path, fingerprint=fingerprint, initial_count=initial_count, extra=extra
+            )
         except OSError as e:
             raise os_error(f"cannot save the snapshot {path}", e) from e
         seconds = time.perf_counter() - t0
-        info = SnapshotInfo(path, lsn, size, seconds, sha256, created)
+        info = SnapshotInfo(path, lsn, file.bytes, seconds, file.sha256, file.created_at)
         self.prune()
         return info
 
@@ -200,33 +175,22 @@ class SnapshotStore:
         for lsn, path in files:
             t0 = time.perf_counter()
             try:
-                bank, meta = MemoryBank.load(
-                    path,
-                    expected_fingerprint=fingerprint,
-                    capacity=capacity,
-                    m=m,
-                    device=device,
+                bank, file = snapshot.load(
+                    path, expected_fingerprint=fingerprint, capacity=capacity, m=m, device=device
                 )
+                meta = file.metadata
                 if meta.get("lsn") != str(lsn):
                     raise SnapshotError(
                         f"snapshot {path} metadata lsn {meta.get('lsn')!r} does not match "
                         f"its file name (lsn {lsn})"
                     )
-                sha256, _ = _file_facts(path)
-                size = path.stat().st_size
             except (SnapshotError, OSError) as e:
                 reason = str(e)
                 log.warning("skipping snapshot %s: %s", path.name, reason)
                 skipped.append((path, reason))
                 continue
-            info = SnapshotInfo(
-                path=path,
-                lsn=lsn,
-                bytes=size,
-                seconds=time.perf_counter() - t0,
-                sha256=sha256,
-                created_at=meta.get("created_at", ""),
-            )
+            seconds = time.perf_counter() - t0
+            info = SnapshotInfo(path, lsn, file.bytes, seconds, file.sha256, file.created_at)
             return LoadResult(bank=bank, info=info, lsn=lsn, skipped=skipped, metadata=meta)
         listing = "; ".join(f"{p.name}: {reason}" for p, reason in skipped)
         raise SnapshotError(

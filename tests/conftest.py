@@ -15,7 +15,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from model.checkpoint import save_idrp
-from model.idrp import tiny_idrp
+from model.testing import tiny_idrp
 from service.app import create_app
 from service.settings import Settings
 

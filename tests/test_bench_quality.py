@@ -8,8 +8,8 @@ import torch
 
 from bench import quality as q
 from model import data
+from model.bank import MemoryBank
 from model.evaluate import metrics
-from model.memory import MemoryBank
 
 
 def codes(n: int = 64, m: int = 12, seed: int = 0) -> torch.Tensor:

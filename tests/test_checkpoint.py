@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from model.checkpoint import FORMAT, fingerprint, load_idrp, read_metadata, save_idrp
 from model.errors import CheckpointError
-from model.idrp import tiny_idrp
+from model.testing import tiny_idrp
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model.checkpoint import save_idrp
-from model.idrp import tiny_idrp
+from model.testing import tiny_idrp
 from service.engine import Engine
 from service.settings import Settings
 

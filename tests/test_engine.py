@@ -9,18 +9,19 @@ import itertools
 import logging
 import resource
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from model.errors import CheckpointError, SlotNotFound
+from model.bank import WriteResult
+from model.errors import CheckpointError, DiskFullError, InvalidInput, NotReady, SlotNotFound
 from model.idrp import CompiledCodec
-from service.engine import Engine, Hit, InvalidInput, NotReady, WriteOutcome
+from model.memory import Hit
+from service.engine import Engine
 from service.settings import Settings
-from service.wal import DiskFullError
 
 pytestmark = pytest.mark.anyio  # async tests on asyncio (anyio's pytest plugin)
 Items = Callable[..., list[list[float]]]
@@ -130,22 +131,35 @@ async def test_a_bad_request_fails_alone_in_its_batch(
 
 
 async def test_a_lone_read_does_not_wait_for_company(
-    make_settings: Callable[..., Settings], items: Items
+    make_settings: Callable[..., Settings], items: Items, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = await started(make_settings(batch_wait_ms=400))
+    # Counted, not timed: the batch loop waits for company with asyncio.sleep(batch_wait_ms), so
+    # a recording sleep (which still sleeps) tells which reads waited, however slow the machine.
+    settings = make_settings(batch_wait_ms=250)
+    wait_s = settings.batch_wait_ms / 1000
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    def recording_sleep(delay: float, *args: Any, **kwargs: Any) -> Any:
+        if delay == wait_s:
+            waits.append(delay)
+        return real_sleep(delay, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "sleep", recording_sleep)
+    engine = await started(settings)
     try:
         await engine.write(items(1))
 
-        async def timed_read() -> float:
-            t0 = time.perf_counter()
+        async def waits_of_a_lone_read() -> int:
+            before = len(waits)
             await engine.read(items(1))
-            return time.perf_counter() - t0
+            return len(waits) - before
 
-        assert await timed_read() < 0.3  # alone, after no batch: runs at once
+        assert await waits_of_a_lone_read() == 0  # alone, after no batch: runs at once
         await asyncio.gather(*(engine.read(items(1)) for _ in range(3)))  # one batch of 3
         assert (await engine.stats())["batching"]["largest"] == 3
-        assert await timed_read() >= 0.4  # reads came concurrently just before: it waits
-        assert await timed_read() < 0.3  # the last batch held one request: no wait
+        assert await waits_of_a_lone_read() == 1  # reads came concurrently just before: it waits
+        assert await waits_of_a_lone_read() == 0  # the last batch held one request: no wait
     finally:
         await engine.stop()
 
@@ -228,7 +242,7 @@ async def test_concurrent_writes_are_grouped_and_store_like_sequential_ones(
         assert isinstance(got[5], InvalidInput)
         assert str(got[5]) == "item 0 contains NaN or infinity"  # it failed alone
         assert got[:5] + got[6:] == want
-        assert all(isinstance(w, WriteOutcome) for w in want)
+        assert all(isinstance(w, WriteResult) for w in want)
         assert any(w.slots == v.slots for w, v in itertools.pairwise(want))  # a slot reused
         assert_same_bank(grouped, one_by_one)
         batching = (await grouped.stats())["batching"]
@@ -395,8 +409,9 @@ async def test_engine_input_checks(make_settings: Callable[..., Settings], items
             await engine.write(items(3), mode="each")
         with pytest.raises(InvalidInput, match=r"^item 0 contains NaN or infinity$"):
             await engine.write([[float("inf")] * 64])
-        with pytest.raises(InvalidInput, match="top_k"):
+        with pytest.raises(InvalidInput) as refused:
             await engine.read(items(1), top_k=0)
+        assert str(refused.value) == "expected top_k to be an int >= 1, got 0"
         with pytest.raises(InvalidInput, match=r"^expected querys? of shape"):
             await engine.read(torch.zeros(2, 5))
         out = await engine.write(torch.rand(2, 64), mode="each")  # tensors are fine too

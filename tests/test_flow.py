@@ -1,8 +1,10 @@
+import math
+
 import pytest
 import torch
 
 from model.flow import AffineCoupling, FixedLinear, InvertibleNet, Permutation, SwiGLU
-from model.idrp import perturb_
+from model.testing import perturb_
 from tests.helpers import assert_invertible
 
 
@@ -90,6 +92,34 @@ def test_fixed_linear_log_det() -> None:
 
 def test_swiglu_shapes() -> None:
     assert SwiGLU(5, 7, 3)(torch.rand(2, 5)).shape == (2, 3)
+
+
+def silu(v: float) -> float:
+    return v / (1 + math.exp(-v))
+
+
+def test_swiglu_values_by_hand() -> None:
+    # w_in's 4 outputs are [a1, a2, b1, b2]: the first half gates (silu), the second is linear.
+    layer = SwiGLU(2, 2, 2).double()
+    with torch.no_grad():
+        layer.w_in.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, -1.0], [1.0, 1.0], [-1.0, 2.0]]))
+        layer.w_in.bias.copy_(torch.tensor([0.5, 0.0, 0.25, -1.0]))
+        layer.w_out.weight.copy_(torch.tensor([[2.0, 1.0], [0.0, -3.0]]))
+        layer.w_out.bias.copy_(torch.tensor([0.125, 1.0]))
+    x = torch.tensor([[1.0, 2.0], [-0.5, 0.0]], dtype=torch.float64)
+    expected = []
+    for x1, x2 in x.tolist():
+        a1, a2 = x1 + 0.5, -x2
+        b1, b2 = x1 + x2 + 0.25, -x1 + 2 * x2 - 1
+        h1, h2 = silu(a1) * b1, silu(a2) * b2
+        expected.append([2 * h1 + h2 + 0.125, -3 * h2 + 1])
+    # row 0: a = (1.5, -2), b = (3.25, 2); row 1: a = (0, 0) so silu = 0 and only the biases stay
+    assert expected[1] == [0.125, 1.0]
+    out = layer(x).detach()
+    torch.testing.assert_close(out, torch.tensor(expected, dtype=torch.float64), atol=1e-12, rtol=0)
+    # and the two halves are not interchangeable: silu(b) * a gives another answer
+    swapped = 2 * silu(3.25) * 1.5 + silu(2.0) * -2.0 + 0.125
+    assert abs(float(out[0, 0]) - swapped) > 0.1
 
 
 def test_output_order_tracks_permutations() -> None:

@@ -14,9 +14,12 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
-from model import memory
-from model.errors import SlotNotFound, SnapshotError
-from model.memory import IDRPMemory, MemoryBank, _content_sha256
+from model import search, snapshot
+from model.bank import MemoryBank
+from model.durable import tensor_sha256
+from model.errors import DiskFullError, SlotNotFound, SnapshotError
+from model.memory import IDRPMemory, IDRPReadResult, Read, Write
+from model.testing import tiny_idrp
 
 DTYPES = ("float32", "float16", "int8")
 
@@ -183,7 +186,7 @@ def test_batch_counts_are_sequential_and_equal_single_reads() -> None:
 
 @pytest.mark.parametrize("top_k", [1, 3, 70])
 def test_blocked_search_matches_brute_force(top_k: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(memory, "_BLOCK_ELEMENTS", 1 << 10)  # 16 queries -> blocks of 64 slots
+    monkeypatch.setattr(search, "BLOCK_ELEMENTS", 1 << 10)  # 16 queries -> blocks of 64 slots
     g = torch.Generator().manual_seed(5)
     bank = MemoryBank(500, 8)
     bank.assign(torch.randperm(500, generator=g)[:450], torch.randn(450, 8, generator=g))
@@ -369,9 +372,10 @@ def test_dtype_round_trip_through_write_read_get_and_snapshot(dtype: str, tmp_pa
     )
 
     path = tmp_path / "bank.safetensors"
-    size = bank.save(path, fingerprint="abc123", extra={"lsn": "42"})
+    size = snapshot.save(bank, path, fingerprint="abc123", extra={"lsn": "42"}).bytes
     assert size == path.stat().st_size
-    loaded, meta = MemoryBank.load(path, expected_fingerprint="abc123", capacity=10, m=4)
+    loaded, file = snapshot.load(path, expected_fingerprint="abc123", capacity=10, m=4)
+    meta = file.metadata
     assert_same_bank(bank, loaded)
     assert torch.equal(loaded.get(5).code, bank.get(5).code)
     assert (meta["dtype"], meta["lsn"], meta["format_version"]) == (dtype, "42", "1")
@@ -405,8 +409,8 @@ def test_save_is_atomic_and_leaves_no_temp_files(
     bank = MemoryBank(4, 2)
     bank.write(torch.tensor([[1.0, 0.0]]))
     path = tmp_path / "bank.safetensors"
-    bank.save(path, fingerprint="f")
-    bank.save(path, fingerprint="f")  # overwrite
+    snapshot.save(bank, path, fingerprint="f")
+    snapshot.save(bank, path, fingerprint="f")  # overwrite
     assert sorted(os.listdir(tmp_path)) == ["bank.safetensors"]
     old = path.read_bytes()
 
@@ -416,7 +420,7 @@ def test_save_is_atomic_and_leaves_no_temp_files(
     monkeypatch.setattr(os, "replace", fail)
     bank.write(torch.tensor([[0.0, 1.0]]))
     with pytest.raises(OSError, match="disk on fire"):
-        bank.save(path, fingerprint="f")
+        snapshot.save(bank, path, fingerprint="f")
     assert sorted(os.listdir(tmp_path)) == ["bank.safetensors"]
     assert path.read_bytes() == old
 
@@ -431,7 +435,7 @@ def test_save_reports_a_full_disk_as_oserror(
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     with pytest.raises(OSError, match="No space left on device") as info:
-        MemoryBank(2, 2).save(tmp_path / "bank.safetensors", fingerprint="f")
+        snapshot.save(MemoryBank(2, 2), tmp_path / "bank.safetensors", fingerprint="f")
     assert info.value.errno == errno.ENOSPC
     assert os.listdir(tmp_path) == []
 
@@ -439,11 +443,11 @@ def test_save_reports_a_full_disk_as_oserror(
 def test_save_validates_metadata(tmp_path: Path) -> None:
     bank = MemoryBank(2, 2)
     with pytest.raises(ValueError, match="non-empty fingerprint"):
-        bank.save(tmp_path / "b", fingerprint="")
+        snapshot.save(bank, tmp_path / "b", fingerprint="")
     with pytest.raises(ValueError, match=r"got \['sha256'\]"):
-        bank.save(tmp_path / "b", fingerprint="f", extra={"sha256": "x"})
+        snapshot.save(bank, tmp_path / "b", fingerprint="f", extra={"sha256": "x"})
     with pytest.raises(ValueError, match=r"dict\[str, str\]"):
-        bank.save(tmp_path / "b", fingerprint="f", extra={"lsn": 3})  # type: ignore[dict-item]
+        snapshot.save(bank, tmp_path / "b", fingerprint="f", extra={"lsn": 3})  # type: ignore[dict-item]
     assert os.listdir(tmp_path) == []
 
 
@@ -453,12 +457,13 @@ def test_save_state_of_a_copy_matches_bank_save(dtype: str, tmp_path: Path) -> N
     bank = make_bank(6, 3, dtype, initial_count=2, decay_ticks=3)
     bank.write(torch.randn(6, 3, generator=g), mode="each")  # full: the next write evicts
     bank.read(torch.randn(4, 3, generator=g), top_k=2)
-    bank.save(tmp_path / "bank", fingerprint="f", extra={"lsn": "9"})
-    size = memory.save_state(
-        tmp_path / "copy", bank.state_dict(), fingerprint="f", initial_count=2, extra={"lsn": "9"}
-    )
+    snapshot.save(bank, tmp_path / "bank", fingerprint="f", extra={"lsn": "9"})
+    size = snapshot.save(
+        bank.state_dict(), tmp_path / "copy", fingerprint="f", initial_count=2, extra={"lsn": "9"}
+    ).bytes
     assert size == (tmp_path / "copy").stat().st_size == (tmp_path / "bank").stat().st_size
-    (a, meta_a), (b, meta_b) = (MemoryBank.load(tmp_path / n) for n in ("bank", "copy"))
+    (a, file_a), (b, file_b) = (snapshot.load(tmp_path / n) for n in ("bank", "copy"))
+    meta_a, meta_b = file_a.metadata, file_b.metadata
     assert_same_bank(a, b)
     assert_same_bank(a, bank)
     assert {k: v for k, v in meta_a.items() if k != "created_at"} == {
@@ -473,17 +478,17 @@ def test_save_state_of_a_copy_matches_bank_save(dtype: str, tmp_path: Path) -> N
 def test_save_state_refuses_a_wrong_layout(tmp_path: Path) -> None:
     state = make_bank(4, 2, "int8").state_dict()
     with pytest.raises(ValueError, match=r"state dict lacks tensor\(s\) \['scales'\]"):
-        memory.save_state(
-            tmp_path / "a", {k: v for k, v in state.items() if k != "scales"}, fingerprint="f"
+        snapshot.save(
+            {k: v for k, v in state.items() if k != "scales"}, tmp_path / "a", fingerprint="f"
         )
     state["counts"] = state["counts"][:3]
     with pytest.raises(ValueError, match=r"tensor 'counts' has shape \(3,\), expected \(4,\)"):
-        memory.save_state(tmp_path / "b", state, fingerprint="f")
+        snapshot.save(state, tmp_path / "b", fingerprint="f")
     state["codes"] = state["codes"].double()
     with pytest.raises(
         ValueError, match=r"expected codes \(capacity, m\) in .*, got torch\.float64"
     ):
-        memory.save_state(tmp_path / "c", state, fingerprint="f")
+        snapshot.save(state, tmp_path / "c", fingerprint="f")
     assert os.listdir(tmp_path) == []
 
 
@@ -491,7 +496,7 @@ def _snapshot(tmp_path: Path) -> tuple[Path, dict[str, Tensor], dict[str, str]]:
     bank = make_bank(4, 2, "int8")
     bank.write(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), mode="each")
     path = tmp_path / "snap.safetensors"
-    bank.save(path, fingerprint="model-a")
+    snapshot.save(bank, path, fingerprint="model-a")
     with safetensors.safe_open(str(path), "pt") as f:
         meta = dict(f.metadata())
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
@@ -500,7 +505,7 @@ def _snapshot(tmp_path: Path) -> tuple[Path, dict[str, Tensor], dict[str, str]]:
 
 def _rewrite(path: Path, tensors: dict[str, Tensor], meta: dict[str, str]) -> None:
     """Write a snapshot with these tensors and metadata, with a correct checksum."""
-    meta = {**meta, "sha256": _content_sha256(tensors)}
+    meta = {**meta, "sha256": tensor_sha256(tensors)}
     safetensors.torch.save_file(tensors, str(path), metadata=meta)
 
 
@@ -583,7 +588,7 @@ def test_snapshot_refusals_say_which_check_failed(tmp_path: Path, case: str, mes
         last_write[0] = 99
         _rewrite(path, {**tensors, "last_write": last_write}, meta)
     with pytest.raises(SnapshotError, match=message):
-        MemoryBank.load(path, **kwargs)  # type: ignore[arg-type]
+        snapshot.load(path, **kwargs)  # type: ignore[arg-type]
 
 
 def test_each_refusal_has_its_own_message() -> None:
@@ -619,10 +624,7 @@ def test_idrp_memory_with_a_linear_codec() -> None:
 
 
 def test_idrp_memory_with_tiny_idrp() -> None:
-    idrp = pytest.importorskip("model.idrp")
-    if not hasattr(idrp, "tiny_idrp"):
-        pytest.skip("model.idrp.tiny_idrp not available yet")
-    model = idrp.tiny_idrp(d=64, m=16, seed=0)
+    model = tiny_idrp(d=64, m=16, seed=0)
     mem = IDRPMemory(model, MemoryBank(8, model.config.m))
     x = torch.rand(5, 64, generator=torch.Generator().manual_seed(4))
     assert mem.write(x, mode="each").slots == [0, 1, 2, 3, 4]
@@ -650,3 +652,82 @@ def test_lfu_decay_lets_initial_count_protect_fresh_slots() -> None:
     assert fill(0).choose_slots(1) == ([1], [1])
     assert fill(10).choose_slots(1) == ([0], [0])
     assert fill(10).counts.tolist() == fill(0).counts.tolist()  # decay never changes counts
+
+
+# ---------------------------------------------------------------------- the loop's protocol
+
+
+def _bank_state(bank: MemoryBank) -> dict[str, list[object]]:
+    return {k: v.tolist() for k, v in bank.state_dict().items()}
+
+
+def test_a_failing_log_leaves_the_bank_unchanged() -> None:
+    """plan -> log -> apply: the durability callback sees the planned operations before the
+    bank changes, and when it raises nothing is applied, for writes and for deletes."""
+    codec = LinearCodec(d=8, m=3)
+    seen: list[list[object]] = []
+
+    def failing(ops: object) -> int:
+        seen.append(list(ops))  # type: ignore[call-overload]
+        raise DiskFullError("disk full")
+
+    good = IDRPMemory(codec, MemoryBank(4, 3))
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 8, generator=g)
+    good.write(x, mode="each")
+    mem = IDRPMemory(codec, MemoryBank(4, 3), log=failing, position=5)
+    mem.bank.load_state_dict(good.bank.state_dict())
+    before = _bank_state(mem.bank)
+    answers = mem.write_group([Write(x[:1]), Write(torch.ones(1, 7)), Write(x[1:], "each")])
+    assert isinstance(answers[0], DiskFullError) and isinstance(answers[2], DiskFullError)
+    assert str(answers[1]) == "expected item of shape (B >= 1, 8), got (1, 7)"  # refused alone
+    assert [[type(op).__name__ for op in ops] for ops in seen] == [["Assign", "Assign"]]
+    first, second = seen[0]
+    assert (first.slots, second.slots) == ([3], [0, 1])  # type: ignore[attr-defined]
+    with pytest.raises(DiskFullError, match="disk full"):
+        mem.delete(2)
+    with pytest.raises(DiskFullError):
+        mem.clear()
+    assert _bank_state(mem.bank) == before and mem.position == 5
+    assert mem.read(x[:1]).slots.tolist() == [[0]]  # reads are not logged
+
+
+def test_a_write_group_answers_as_its_requests_would_one_by_one() -> None:
+    codec = LinearCodec(d=8, m=3)
+    logged: list[list[object]] = []
+
+    def log(ops: object) -> int:
+        logged.append(list(ops))  # type: ignore[call-overload]
+        return 10 * len(logged)
+
+    g = torch.Generator().manual_seed(8)
+    requests = [Write(torch.randn(n, 8, generator=g), mode) for n, mode in
+                [(2, "mean"), (3, "each"), (1, "each"), (2, "each"), (1, "mean")]]  # fmt: skip
+    grouped = IDRPMemory(codec, MemoryBank(5, 3, initial_count=1), log=log)
+    alone = IDRPMemory(codec, MemoryBank(5, 3, initial_count=1))
+    got = grouped.write_group(requests)
+    want = [alone.write(w.items, w.mode) for w in requests]
+    assert got == want
+    assert [a.used for a in want] == [1, 4, 5, 5, 5]  # type: ignore[union-attr]
+    assert len(logged) == 1 and len(logged[0]) == 5 and grouped.position == 10
+    torch.testing.assert_close(grouped.bank.codes, alone.bank.codes)
+    assert _bank_state(grouped.bank)["counts"] == _bank_state(alone.bank)["counts"]
+
+
+def test_a_read_batch_counts_in_queue_order_across_parameters() -> None:
+    codec = LinearCodec(d=8, m=3)
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(3, 8, generator=g)
+    batched, alone = (IDRPMemory(codec, MemoryBank(4, 3)) for _ in range(2))
+    for mem in (batched, alone):
+        mem.write(x, mode="each")
+    reads = [Read(x[:1]), Read(x[:1], top_k=2), Read(x[:1]), Read(x[:1], min_score=2.0)]
+    got = batched.read_batch(reads)
+    want = [alone.read(r.queries, r.top_k, r.min_score) for r in reads]
+    for a, b in zip(got, want, strict=True):
+        assert isinstance(a, IDRPReadResult)
+        assert a.slots.tolist() == b.slots.tolist() and a.counts.tolist() == b.counts.tolist()
+    assert [r.counts[0, 0].item() for r in got] == [1, 2, 3, 0]  # type: ignore[union-attr]
+    hits = got[1].hits()  # type: ignore[union-attr]
+    assert [(h.slot, h.count) for h in hits[0]] == [(0, 2), (hits[0][1].slot, 1)]
+    assert hits[0][0].reconstruction is not None and hits[0][0].reconstruction.shape == (8,)

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from model import memory
+from model import search
+from model.bank import MemoryBank
 from model.errors import SlotNotFound
-from model.memory import MemoryBank
 
 TOL = 1e-5
 small = st.integers(-3, 3).map(float)
@@ -84,12 +84,12 @@ class BankMachine(RuleBasedStateMachine):
         m=st.integers(1, 4),
         dtype=st.sampled_from(["float32", "float16", "int8"]),
         initial_count=st.integers(0, 3),
-        block=st.sampled_from([memory._BLOCK_ELEMENTS, 2, 4]),
+        block=st.sampled_from([search.BLOCK_ELEMENTS, 2, 4]),
     )
     def setup(self, capacity: int, m: int, dtype: str, initial_count: int, block: int) -> None:
         # Tiny score blocks make reads of more than one query search block by block.
-        self.saved_block = memory._BLOCK_ELEMENTS
-        memory._BLOCK_ELEMENTS = block
+        self.saved_block = search.BLOCK_ELEMENTS
+        search.BLOCK_ELEMENTS = block
         scales = torch.ones(m) if dtype == "int8" else None
         self.bank = MemoryBank(capacity, m, dtype=dtype, scales=scales, initial_count=initial_count)
         self.ref = RefBank(capacity, m, dtype, initial_count)
@@ -211,7 +211,7 @@ class BankMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         if hasattr(self, "saved_block"):
-            memory._BLOCK_ELEMENTS = self.saved_block
+            search.BLOCK_ELEMENTS = self.saved_block
 
     @invariant()
     def same_state(self) -> None:

@@ -3,25 +3,32 @@ when that would lose data; allow_fresh moves the files aside."""
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import Tensor
 
-from model.memory import MemoryBank
-from service.persistence import Persistence, Recovery, RecoveryError
+from model.bank import MemoryBank
+from model.errors import DiskFullError, RecoveryError
+from model.memory import IDRPMemory
+from model.ops import Assign, Clear, Free, Op
+from service import frames
+from service.persistence import Persistence, Recovery
 from service.store import snapshot_name
-from service.wal import DiskFullError, WriteAheadLog
+from service.wal import WriteAheadLog
 
 FP = "model-fingerprint-a"
 CAP, M = 32, 8
 
 
-def make_bank(dtype: str = "float32") -> Callable[[], MemoryBank]:
+def make_bank(dtype: str = "float32", capacity: int = CAP) -> Callable[[], MemoryBank]:
     scales = torch.full((M,), 0.03) if dtype == "int8" else None
-    return lambda: MemoryBank(CAP, M, dtype=dtype, scales=scales, initial_count=1)
+    return lambda: MemoryBank(capacity, M, dtype=dtype, scales=scales, initial_count=1)
 
 
 def open_(folder: Path, dtype: str = "float32", **kw: object) -> tuple[Persistence, Recovery]:
@@ -29,55 +36,61 @@ def open_(folder: Path, dtype: str = "float32", **kw: object) -> tuple[Persisten
     return p, p.recover(make_bank(dtype), fingerprint=FP, capacity=CAP, m=M)
 
 
-class Engine:
-    """What service/engine.py does: log under the lock before mutating; `shadow` replays only
-    the logged mutations since the last snapshot, i.e. the state recovery must give back."""
+class IdentityCodec:
+    """d = m and encode = decode = identity: a write stores the item itself as its code."""
 
-    def __init__(self, p: Persistence, bank: MemoryBank, seed: int = 0) -> None:
-        self.p, self.bank = p, bank
-        self.lock = threading.Lock()
+    def __init__(self, m: int) -> None:
+        self.config = SimpleNamespace(d=m, m=m)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return x
+
+    def decode(self, z: Tensor) -> Tensor:
+        return z
+
+
+def copy_of(state: dict[str, Tensor], initial_count: int) -> MemoryBank:
+    return MemoryBank.from_state(
+        {k: v.clone() for k, v in state.items()}, initial_count=initial_count
+    )
+
+
+class Service:
+    """Production's protocol (service/engine.py): the memory loop, `IDRPMemory`, logs every
+    group of operations through `persistence.log` before applying them, and a snapshot is
+    `memory.checkpoint()` handed to `persistence.snapshot`. `shadow` applies only the logged
+    operations since the last checkpoint: the state recovery must give back."""
+
+    def __init__(self, p: Persistence, rec: Recovery, seed: int = 0) -> None:
+        self.p, self.bank = p, rec.bank
+        self.memory = IDRPMemory(IdentityCodec(M), rec.bank, log=self._log, position=rec.last_lsn)
         self.g = torch.Generator().manual_seed(seed)
-        self.shadow = self._copy(bank)
+        self.shadow = copy_of(rec.bank.state_dict(), rec.bank.initial_count)
 
-    def _copy(self, bank: MemoryBank) -> MemoryBank:
-        scales = bank.scales if bank.dtype == "int8" else None
-        c = MemoryBank(bank.capacity, bank.m, dtype=bank.dtype, scales=scales,
-                       initial_count=bank.initial_count)  # fmt: skip
-        c.load_state_dict(bank.state_dict())
-        return c
+    def _log(self, ops: Sequence[Op]) -> int:
+        lsn = self.p.log(ops)  # raises, and the memory loop applies nothing
+        for op in ops:
+            self.shadow.apply(op)
+        return lsn
 
     def write(self, n: int) -> None:
-        z = torch.randn(n, M, generator=self.g)
-        with self.lock:
-            slots, _ = self.bank.choose_slots(n)
-            self.p.log_write(slots, z)
-            self.bank.assign(slots, z)
-            self.shadow.assign(slots, z)
+        self.memory.write(torch.randn(n, M, generator=self.g), mode="each")
 
     def read(self) -> None:
-        with self.lock:
-            self.bank.read(torch.randn(3, M, generator=self.g), top_k=2)  # not logged
+        self.memory.read(torch.randn(3, M, generator=self.g), top_k=2)  # not logged
 
     def delete_one(self) -> None:
-        with self.lock:
-            used = torch.nonzero(self.bank.occupied).squeeze(1).tolist()
-            if used:
-                slot = used[len(used) // 2]
-                self.p.log_delete(slot)
-                self.bank.delete(slot)
-                self.shadow.delete(slot)
+        used = torch.nonzero(self.bank.occupied).squeeze(1).tolist()
+        if used:
+            self.memory.delete(used[len(used) // 2])
 
     def clear(self) -> None:
-        with self.lock:
-            self.p.log_clear()
-            self.bank.clear()
-            self.shadow.clear()
+        self.memory.clear()
 
-    def capture(self) -> tuple[dict[str, torch.Tensor], int]:
-        with self.lock:
-            state, lsn = self.bank.state_dict(), self.p.last_lsn
-            self.shadow = self._copy(self.bank)
-            return state, lsn
+    def capture(self) -> tuple[dict[str, Tensor], int]:
+        state, lsn = self.memory.checkpoint()
+        self.shadow = copy_of(state, self.bank.initial_count)
+        return state, lsn
 
     def snapshot(self) -> int:
         state, lsn = self.capture()
@@ -110,7 +123,7 @@ def assert_same_memories(bank: MemoryBank, live: MemoryBank) -> None:
     assert torch.equal(got["occupied"], want["occupied"])
 
 
-def assert_recovered(rec: Recovery, eng: Engine) -> None:
+def assert_recovered(rec: Recovery, eng: Service) -> None:
     """Codes and occupancy exactly the live bank's; every tensor exactly the shadow's (the
     live bank's counters may be ahead by the reads since the last snapshot)."""
     assert_same_memories(rec.bank, eng.bank)
@@ -136,7 +149,7 @@ def test_fresh_folder_starts_empty(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fsync", ["always", "everysec", "off"])
 def test_recovery_gives_back_the_live_state(tmp_path: Path, dtype: str, fsync: str) -> None:
     p, rec = open_(tmp_path, dtype, fsync=fsync)
-    eng = Engine(p, rec.bank)
+    eng = Service(p, rec)
     eng.workload(40)
     eng.snapshot()
     eng.workload(40)
@@ -149,7 +162,7 @@ def test_recovery_gives_back_the_live_state(tmp_path: Path, dtype: str, fsync: s
     assert rec2.bank.dtype == dtype
     assert_recovered(rec2, eng)
     # ...and it goes on: new LSNs continue, and a second recovery agrees again.
-    eng2 = Engine(p2, rec2.bank, seed=1)
+    eng2 = Service(p2, rec2, seed=1)
     eng2.shadow = eng.shadow
     eng2.workload(20)
     crash(p2)
@@ -159,7 +172,7 @@ def test_recovery_gives_back_the_live_state(tmp_path: Path, dtype: str, fsync: s
 
 def test_recovery_without_any_snapshot_replays_the_whole_log(tmp_path: Path) -> None:
     p, rec = open_(tmp_path)
-    eng = Engine(p, rec.bank)
+    eng = Service(p, rec)
     eng.workload(30)
     crash(p)
     _, rec2 = open_(tmp_path)
@@ -169,7 +182,7 @@ def test_recovery_without_any_snapshot_replays_the_whole_log(tmp_path: Path) -> 
 
 def test_snapshot_in_a_thread_while_writes_go_on(tmp_path: Path) -> None:
     p, rec = open_(tmp_path, keep=2)
-    eng = Engine(p, rec.bank)
+    eng = Service(p, rec)
     for _ in range(5):
         eng.workload(10)
         snap_state, lsn = eng.capture()
@@ -185,23 +198,24 @@ def test_snapshot_in_a_thread_while_writes_go_on(tmp_path: Path) -> None:
 
 def test_wal_keeps_what_the_kept_snapshots_need(tmp_path: Path) -> None:
     p, rec = open_(tmp_path, keep=2)
-    eng = Engine(p, rec.bank)
+    eng = Service(p, rec)
     eng.workload(10)
     first = eng.snapshot()
     assert p.stats()["wal_records"] == p.last_lsn  # one snapshot < keep: nothing dropped
     eng.workload(10)
     second = eng.snapshot()
-    assert p._wal is not None and p._wal.base_lsn == first  # the oldest kept one
+    assert p.stats()["wal_records"] == p.last_lsn - first  # all after the oldest kept one
     eng.workload(10)
     third = eng.snapshot()
-    assert p._wal.base_lsn == second and p._store is not None
-    assert p._store.lsns() == [third, second]
+    assert p.stats()["wal_records"] == p.last_lsn - second
+    kept = sorted(x.name for x in tmp_path.glob("snap-*.safetensors"))
+    assert kept == [snapshot_name(second), snapshot_name(third)]
     p.close()
 
 
 def test_damaged_newest_snapshot_falls_back_without_loss(tmp_path: Path) -> None:
     p, rec = open_(tmp_path)
-    eng = Engine(p, rec.bank)
+    eng = Service(p, rec)
     for _ in range(3):
         eng.workload(15)
         newest = eng.snapshot()
@@ -218,7 +232,7 @@ def test_damaged_newest_snapshot_falls_back_without_loss(tmp_path: Path) -> None
 
 def test_all_snapshots_bad_with_a_trimmed_wal_is_refused_then_allow_fresh(tmp_path: Path) -> None:
     p, rec = open_(tmp_path, keep=2)
-    eng = Engine(p, rec.bank)
+    eng = Service(p, rec)
     for _ in range(3):
         eng.workload(10)
         eng.snapshot()
@@ -245,13 +259,13 @@ def test_all_snapshots_bad_with_a_trimmed_wal_is_refused_then_allow_fresh(tmp_pa
     (quarantine,) = tmp_path.glob("quarantine-*")
     moved = {x.name: x.read_bytes() for x in quarantine.iterdir()}
     assert moved == {k: v for k, v in before.items() if k != "LOCK"}
-    assert p3.log_clear() == 1
+    assert p3.log([Clear()]) == 1
     p3.close()
 
 
 def test_all_snapshots_bad_but_the_wal_is_whole_rebuilds_from_it(tmp_path: Path) -> None:
     p, rec = open_(tmp_path, keep=3)
-    eng = Engine(p, rec.bank)
+    eng = Service(p, rec)
     eng.workload(20)
     lsn = eng.snapshot()  # one generation < keep: the WAL still starts at lsn 0
     eng.workload(20)
@@ -265,7 +279,7 @@ def test_all_snapshots_bad_but_the_wal_is_whole_rebuilds_from_it(tmp_path: Path)
 
 def test_missing_snapshots_behind_a_trimmed_wal_are_refused(tmp_path: Path) -> None:
     p, rec = open_(tmp_path, keep=1)
-    eng = Engine(p, rec.bank)
+    eng = Service(p, rec)
     eng.workload(10)
     lsn = eng.snapshot()
     eng.workload(5)
@@ -279,7 +293,7 @@ def test_crash_between_snapshot_and_wal_truncation_does_not_apply_twice(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     p, rec = open_(tmp_path, keep=1)
-    eng = Engine(p, rec.bank)
+    eng = Service(p, rec)
     eng.workload(20)
     eng.snapshot()
     eng.workload(20)
@@ -301,7 +315,7 @@ def test_crash_between_snapshot_and_wal_truncation_does_not_apply_twice(
 
 def test_wal_of_another_model_is_refused(tmp_path: Path) -> None:
     p, rec = open_(tmp_path)
-    Engine(p, rec.bank).workload(5)
+    Service(p, rec).workload(5)
     p.close()
     other = Persistence(tmp_path)
     with pytest.raises(RecoveryError, match=r"wal\.log was written for model model-fingerprint-a"):
@@ -314,9 +328,11 @@ def test_wal_of_another_model_is_refused(tmp_path: Path) -> None:
 
 def test_corrupt_middle_of_the_wal_is_refused_naming_the_offset(tmp_path: Path) -> None:
     p, rec = open_(tmp_path)
-    Engine(p, rec.bank).workload(6)
-    assert p._wal is not None
-    off = p._wal._offsets[2]
+    svc = Service(p, rec)
+    svc.write(1)
+    svc.write(2)
+    off = p.stats()["wal_bytes"]  # where the third record starts
+    svc.workload(6)
     p.close()
     wal = tmp_path / "wal.log"
     data = bytearray(wal.read_bytes())
@@ -328,7 +344,7 @@ def test_corrupt_middle_of_the_wal_is_refused_naming_the_offset(tmp_path: Path) 
 
 def test_torn_wal_tail_is_reported(tmp_path: Path) -> None:
     p, rec = open_(tmp_path)
-    eng = Engine(p, rec.bank)
+    eng = Service(p, rec)
     eng.workload(6)
     crash(p)
     with open(tmp_path / "wal.log", "ab") as f:
@@ -340,14 +356,14 @@ def test_torn_wal_tail_is_reported(tmp_path: Path) -> None:
 
 def test_missing_wal_starts_a_new_one_after_the_snapshot(tmp_path: Path) -> None:
     p, rec = open_(tmp_path)
-    eng = Engine(p, rec.bank)
+    eng = Service(p, rec)
     eng.workload(10)
     lsn = eng.snapshot()
     crash(p)
     (tmp_path / "wal.log").unlink()
     p2, rec2 = open_(tmp_path)
     assert any("wal.log was missing" in w for w in rec2.warnings)
-    assert p2.last_lsn == lsn and p2.log_clear() == lsn + 1  # LSNs never go back
+    assert p2.last_lsn == lsn and p2.log([Clear()]) == lsn + 1  # LSNs never go back
     p2.close()
 
 
@@ -364,7 +380,7 @@ def test_failed_log_write_leaves_the_bank_unchanged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     p, rec = open_(tmp_path)
-    eng = Engine(p, rec.bank)
+    eng = Service(p, rec)
     eng.workload(5)
     before = state(eng.bank)
 
@@ -373,16 +389,17 @@ def test_failed_log_write_leaves_the_bank_unchanged(
 
     monkeypatch.setattr("os.pwrite", full)
     with pytest.raises(DiskFullError):
-        eng.write(2)  # the engine pattern: log first, then assign
+        eng.write(2)  # the memory loop logs first, then applies
     monkeypatch.undo()
     after = state(eng.bank)
     assert all(torch.equal(before[k], after[k]) for k in before)
+    assert eng.memory.position == p.last_lsn  # nothing was logged either
     p.close()
 
 
 def test_snapshot_lsn_is_checked(tmp_path: Path) -> None:
     p, rec = open_(tmp_path)
-    eng = Engine(p, rec.bank)
+    eng = Service(p, rec)
     eng.workload(5)
     with pytest.raises(ValueError, match=r"expected lsn in \[0, \d+\]"):
         p.snapshot(rec.bank.state_dict(), p.last_lsn + 1)
@@ -390,3 +407,71 @@ def test_snapshot_lsn_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="the last snapshot's"):
         p.snapshot(rec.bank.state_dict(), 1)
     p.close()
+
+
+def test_log_appends_a_group_at_once_and_returns_its_last_lsn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p, _ = open_(tmp_path)
+    syncs: list[int] = []
+    real = os.fdatasync
+
+    def counting(fd: int) -> None:
+        syncs.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting)
+    group: list[Op] = [Assign([0, 1], torch.randn(2, M)), Free(1), Clear()]
+    assert p.log(group) == 3 and p.last_lsn == 3
+    assert len(syncs) == 1  # one append, one fsync for the whole group
+    assert p.log([]) == 3  # nothing to log: the last LSN
+    monkeypatch.undo()
+    # An operation that cannot be a record refuses the whole group: nothing is logged.
+    with pytest.raises(ValueError, match="finite"):
+        p.log([Clear(), Assign([2], torch.tensor([[float("nan")] * M]))])
+    assert p.last_lsn == 3 and p.stats()["wal_records"] == 3
+    p.close()
+
+
+def write_raw_records(folder: Path, *data: bytes) -> None:
+    """A wal.log holding these records (CRC-valid frames), LSN 1, 2, ..."""
+    body = b"".join(b"".join(frames.frame(lsn, d)) for lsn, d in enumerate(data, start=1))
+    folder.mkdir(exist_ok=True)
+    (folder / "wal.log").write_bytes(frames.encode_header(0, FP) + body)
+
+
+def test_malformed_record_is_refused_naming_its_lsn_then_allow_fresh(tmp_path: Path) -> None:
+    write_raw_records(tmp_path, b"\x03", b"\x09garbage")  # a clear, then an unknown op
+    with pytest.raises(RecoveryError) as err:
+        open_(tmp_path)
+    msg = str(err.value)
+    assert msg.startswith(f"cannot recover the bank from {tmp_path} without losing data: ")
+    assert "wal.log: record lsn 2 is malformed: unknown op 9" in msg
+    p, rec = open_(tmp_path, allow_fresh=True)
+    assert rec.bank.used == 0 and rec.replayed == 0
+    assert "started with an empty bank (allow_fresh)" in rec.warnings[-1]
+    assert len(list(tmp_path.glob("quarantine-*/wal.log"))) == 1
+    p.close()
+
+
+def test_record_the_bank_cannot_take_is_refused_naming_its_lsn(tmp_path: Path) -> None:
+    p, _ = open_(tmp_path)
+    p.log([Assign([CAP - 1], torch.ones(1, M))])
+    p.close()
+    small = Persistence(tmp_path)
+    with pytest.raises(RecoveryError) as err:
+        small.recover(make_bank(capacity=16), fingerprint=FP, capacity=16, m=M)
+    assert (
+        "wal.log: record lsn 1 (write) cannot be replayed into a bank of capacity 16, m 8: "
+        "expected slots in [0, 16), got [31]"
+    ) in str(err.value)
+
+
+def test_delete_of_a_free_slot_is_replayed_as_a_no_op(tmp_path: Path) -> None:
+    p, _ = open_(tmp_path)
+    p.log([Assign([3], torch.ones(1, M)), Free(5), Free(3)])
+    p.close()
+    p2, rec = open_(tmp_path)
+    assert rec.replayed == 3 and rec.bank.used == 0
+    assert rec.warnings == ["wal.log: 1 delete(s) of free slots replayed as no-ops (lsn [2])"]
+    p2.close()

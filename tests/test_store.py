@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.errors import SnapshotError
-from model.memory import MemoryBank
+from model.bank import MemoryBank
+from model.errors import DiskFullError, SnapshotError
 from service.store import LoadResult, SnapshotStore, snapshot_name
-from service.wal import DiskFullError
 from tests.test_wal import fill, tiny_disk
 
 FP = "model-fingerprint-a"
@@ -56,6 +55,32 @@ def test_save_and_load_latest(tmp_path: Path) -> None:
     assert result is not None and result.lsn == 7 and result.skipped == []
     assert result.info.sha256 == info.sha256 and result.metadata["lsn"] == "7"
     assert_same_state(result.bank, bank)
+
+
+def test_the_file_is_read_once_and_never_hashed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[str] = []
+    real_read = Path.read_bytes
+
+    def read_bytes(self: Path) -> bytes:
+        reads.append(self.name)
+        return real_read(self)
+
+    def no_file_digest(*args: object, **kw: object) -> None:
+        raise AssertionError("a snapshot file was hashed again")
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(hashlib, "file_digest", no_file_digest)
+    store = SnapshotStore(tmp_path)
+    info = store.save(bank_with(2), fingerprint=FP, lsn=3)
+    assert reads == []  # size and sha256 come from the save itself
+    result = load(store)
+    assert reads == [snapshot_name(3)]  # one read gives the bank, the size and the sha256
+    assert result is not None
+    assert (result.info.bytes, result.info.sha256) == (info.bytes, info.sha256)
+    monkeypatch.undo()
+    assert info.sha256 == hashlib.sha256(info.path.read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])

@@ -1,0 +1,500 @@
+"""MemoryBank: the runtime memory of the MemoryTransit paper, IDRP codes (m,) + access counters.
+
+A read returns the slots whose codes are most similar (cosine) to the query's code and counts an
+access on each; a write stores codes in the first free slots, or, when none is free, in the
+least frequently used ones (model/lfu.py), whose counters restart. Codes are stored as float32,
+float16 or int8 (per-dimension scales). The snapshot file format is model/snapshot.py; the
+codec + bank loop (encode, plan, log, apply, decode) is model/memory.py.
+
+Differences from the paper, each on purpose:
+- A slot is free when `occupied` is False, never when its count is 0. The paper's free test
+  `AFF_ctrl[i] == 0` treats a slot whose counter was just reset as free, so two writes in a row
+  would overwrite each other.
+- LFU ties break by least recently touched, then by slot; `initial_count` and optional aging
+  (`decay_ticks`) as Redis LFU does (model/lfu.py).
+- Reads return the top k slots and refuse hits below `min_score`; writes store one slot per
+  row (`mode="each"`) as well as the batch mean.
+
+Every mutation is one of three operations, `Assign`, `Free`, `Clear`, applied by `apply`: the
+memory loop hands them to a durability callback before applying them, and a log replays them.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, SupportsIndex
+
+import torch
+from torch import Tensor
+
+from model import lfu
+from model.errors import SlotNotFound
+from model.ops import Assign, Free, Op, combine
+from model.quant import Quantiser
+from model.search import all_finite, rank_in_order, search, unit_rows
+from model.state import COUNTER_NAMES, DTYPES, state_problem
+
+__all__ = [
+    "COUNTER_NAMES",
+    "DTYPES",
+    "Assign",
+    "Free",
+    "MemoryBank",
+    "Op",
+    "ReadResult",
+    "SlotView",
+    "WriteResult",
+    "as_int",
+    "combine",
+]
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """Answer of `MemoryBank.read` for B queries and k = top_k, best first along k.
+
+    slots (B, k) int64: -1 where there is no hit (bank has fewer occupied slots than k, the score
+    is below min_score, or the whole query missed). scores (B, k) float32: cosine, 0.0 where the
+    slot is -1. counts (B, k) int64: the slot's count right after this hit, 0 where the slot is -1.
+    """
+
+    slots: Tensor
+    scores: Tensor
+    counts: Tensor
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """Slots written, in the order of the rows written, which of them held a code before, and
+    how many slots are occupied right after this write."""
+
+    slots: list[int]
+    evicted: list[int]
+    used: int
+
+
+@dataclass(frozen=True)
+class SlotView:
+    """One occupied slot: its counters, its dequantised code (m,) float32 and, from the memory
+    loop, the code decoded (d,) float32 (None from the bank, which holds no codec)."""
+
+    slot: int
+    count: int
+    last_write: int
+    last_access: int
+    code: Tensor
+    reconstruction: Tensor | None = None
+
+
+def as_int(value: object, name: str, minimum: int) -> int:
+    """An int-like value (int, numpy or one-element tensor integer, not bool) >= minimum."""
+    v = None if isinstance(value, bool) else _index(value)
+    if v is None:
+        raise ValueError(f"expected {name} to be an int >= {minimum}, got {value!r}")
+    if v < minimum:
+        raise ValueError(f"expected {name} >= {minimum}, got {name}={v}")
+    return v
+
+
+def _index(value: object) -> int | None:
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+class MemoryBank:
+    """A fixed number of slots holding codes (m,), read by cosine and replaced by LFU.
+
+    State, all tensors on `device` (see `state_dict`):
+      codes (capacity, m) in the storage dtype. float32 and float16 hold the code; int8 holds
+        round(z / scales) clamped to [-127, 127] (round half to even), whose value is
+        codes * scales. Free slots hold zeros.
+      scales (m,) float32, int8 only: per-dimension scale, all > 0 (the codec's `code_scales`).
+      counts int64: accesses since the slot was last written, starting at `initial_count`.
+      occupied bool: whether the slot holds a code (a written slot whose count is 0 is not free).
+      last_write, last_access int64: the tick of the slot's last write / last read hit (0 = never).
+    Scalar counters: tick, reads, hits, misses, writes, evictions (see `COUNTER_NAMES`).
+
+    Ticks. `tick` counts operations. Each query of a read is one operation (a read of B queries
+    advances tick by B and query i's hits get last_access = tick_before + i + 1), so a batch
+    leaves exactly the state that B single reads leave, LRU order included. An assign (and so a
+    write, whatever its number of rows), a delete and a clear each advance tick by one; all
+    slots of one assign share its tick.
+
+    Reads search a float32 unit-length copy of the codes plus a free-slot mask (model/search.py).
+    The copy costs capacity * (m + 1) * 4 bytes on top of the state (`stats()["cache_bytes"]`):
+    bench/bank.py measured a single query 4x faster than casting float16 / int8 blocks on the fly.
+
+    Not thread-safe: one caller at a time (model.memory.IDRPMemory holds a lock).
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        m: int,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: str = "float32",
+        scales: Tensor | Sequence[float] | None = None,
+        initial_count: int = 0,
+        decay_ticks: int = 0,
+    ) -> None:
+        self._configure(capacity, m, device, dtype, scales, initial_count, decay_ticks)
+        self._allocate()
+
+    @classmethod
+    def from_state(
+        cls,
+        state: Mapping[str, Tensor],
+        *,
+        initial_count: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> MemoryBank:
+        """A bank adopting state tensors already checked with `model.state.state_problem` (as
+        a snapshot load does), without allocating its own first or copying them."""
+        codes = state["codes"]
+        names = {v: k for k, v in DTYPES.items()}
+        if codes.dim() != 2 or codes.dtype not in names:
+            raise ValueError(f"expected codes (capacity, m) in {sorted(DTYPES)}, got {codes.dtype}")
+        bank = cls.__new__(cls)
+        dtype = names[codes.dtype]
+        # A placeholder scale passes the int8 check; the real one comes with the state.
+        scales = torch.ones(codes.shape[1]) if dtype == "int8" else None
+        bank._configure(codes.shape[0], codes.shape[1], device, dtype, scales, initial_count, 0)
+        bank._adopt(state, copy=False)
+        return bank
+
+    def _configure(
+        self,
+        capacity: int,
+        m: int,
+        device: str | torch.device,
+        dtype: str,
+        scales: Tensor | Sequence[float] | None,
+        initial_count: int,
+        decay_ticks: int,
+    ) -> None:
+        self.capacity = as_int(capacity, "capacity", 1)
+        self.m = as_int(m, "m", 1)
+        self.initial_count = as_int(initial_count, "initial_count", 0)
+        self.decay_ticks = as_int(decay_ticks, "decay_ticks", 0)
+        self.device = torch.device(device)
+        self.quant = Quantiser(dtype, self.m, scales, self.device)
+        self.dtype = dtype
+
+    def _allocate(self) -> None:
+        """An empty bank: all slots free, all counters 0."""
+        n, dev = self.capacity, self.device
+        self.codes = torch.zeros(n, self.m, dtype=self.quant.storage, device=dev)
+        self.counts = torch.zeros(n, dtype=torch.int64, device=dev)
+        self.occupied = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.last_write = torch.zeros(n, dtype=torch.int64, device=dev)
+        self.last_access = torch.zeros(n, dtype=torch.int64, device=dev)
+        self.tick = self.reads = self.hits = self.misses = self.writes = self.evictions = 0
+        # Read cache: unit-length float32 codes and the additive free-slot mask.
+        self._unit = torch.zeros(n, self.m, dtype=torch.float32, device=dev)
+        self._mask = torch.full((n,), -math.inf, dtype=torch.float32, device=dev)
+        self._blocks: list[Tensor] = []  # the reused (B * rows) score buffer, once made
+
+    # ------------------------------------------------------------------ checks of its contract
+
+    def check_codes(self, x: Tensor | Sequence[Sequence[float]], name: str = "codes") -> Tensor:
+        """x (B >= 1, m), real and finite -> float32 on the bank's device; ValueError else."""
+        t = torch.as_tensor(x).detach()
+        if t.dim() != 2 or t.shape[1] != self.m or t.shape[0] < 1:
+            raise ValueError(f"expected {name} of shape (B >= 1, {self.m}), got {tuple(t.shape)}")
+        if t.is_complex() or t.dtype == torch.bool:
+            raise ValueError(f"expected real {name}, got dtype {t.dtype}")
+        t = t.to(device=self.device, dtype=torch.float32)
+        if not all_finite(t):
+            raise ValueError(f"expected finite {name}, got NaN or inf")
+        return t
+
+    def _check_slot(self, slot: object, occupied: bool = True) -> int:
+        """An int-like slot in range (and occupied) -> int; SlotNotFound otherwise."""
+        s = None if isinstance(slot, bool) else _index(slot)
+        if s is None:
+            raise ValueError(f"expected an int slot, got {slot!r}")
+        if not 0 <= s < self.capacity:
+            raise SlotNotFound(f"slot {s} is out of range [0, {self.capacity})")
+        if occupied and not bool(self.occupied[s]):
+            raise SlotNotFound(f"slot {s} is not occupied")
+        return s
+
+    @property
+    def scales(self) -> Tensor | None:
+        """int8: the per-dimension scales (m,); None for float dtypes."""
+        return self.quant.scales
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def _block(self) -> Tensor | None:
+        """The score buffer of blocked reads (None until a read needed one)."""
+        return self._blocks[0] if self._blocks else None
+
+    @property
+    def used(self) -> int:
+        return int(self.occupied.sum().item())
+
+    def __len__(self) -> int:
+        return self.used
+
+    def __repr__(self) -> str:
+        return (
+            f"MemoryBank(capacity={self.capacity}, m={self.m}, dtype={self.dtype!r}, "
+            f"used={self.used}, device={str(self.device)!r}, initial_count={self.initial_count})"
+        )
+
+    # ------------------------------------------------------------------ read
+
+    def read(
+        self,
+        queries: Tensor | Sequence[Sequence[float]],
+        top_k: int = 1,
+        min_score: float | None = None,
+    ) -> ReadResult:
+        """The top_k occupied slots by cosine to each query (B, m), best first; counts accesses.
+
+        Every returned hit adds one to its slot's count and sets its last_access; `counts` in the
+        result is the slot's count right after that hit, sequential within the batch (query i
+        sees the hits of queries < i), so a batch answers exactly like B single reads. Entries
+        whose score is below min_score are not hits (slot -1, nothing counted); a query with no
+        hit is a miss. An empty bank answers all misses. reads += B, hits/misses per query.
+        """
+        q = self.check_codes(queries, "queries")  # (B, m)
+        k = as_int(top_k, "top_k", 1)
+        if min_score is not None:
+            if isinstance(min_score, bool) or not isinstance(min_score, numbers.Real):
+                raise ValueError(f"expected min_score to be a float or None, got {min_score!r}")
+            min_score = float(min_score)
+            if not math.isfinite(min_score):
+                raise ValueError(f"expected a finite min_score, got {min_score}")
+        b, dev = q.shape[0], self.device
+        kk = min(k, self.capacity)
+        cand, scores, valid = search(
+            unit_rows(q), self._unit, self._mask, self.occupied, kk, min_score, self._blocks
+        )
+        slots = torch.full((b, k), -1, dtype=torch.int64, device=dev)
+        out_scores = torch.zeros((b, k), dtype=torch.float32, device=dev)
+        out_counts = torch.zeros((b, k), dtype=torch.int64, device=dev)
+        slots[:, :kk] = torch.where(valid, cand, -1)
+        out_scores[:, :kk] = scores
+
+        flat = slots.reshape(-1)  # (B * k,), query-major: the order B single reads would take
+        hit_pos = torch.nonzero(flat >= 0).squeeze(1)  # (H,)
+        hit_slots = flat[hit_pos]  # (H,)
+        if hit_slots.numel():
+            out_counts.view(-1)[hit_pos] = self.counts[hit_slots] + rank_in_order(hit_slots, b)
+            self.counts.index_add_(0, hit_slots, torch.ones_like(hit_slots))
+            hit_ticks = self.tick + 1 + torch.div(hit_pos, k, rounding_mode="floor")
+            self.last_access.scatter_reduce_(0, hit_slots, hit_ticks, reduce="amax")
+
+        n_hit = int((slots[:, 0] >= 0).sum().item())
+        self.tick += b
+        self.reads += b
+        self.hits += n_hit
+        self.misses += b - n_hit
+        return ReadResult(slots=slots, scores=out_scores, counts=out_counts)
+
+    # ------------------------------------------------------------------ write
+
+    def _policy(self) -> lfu.Policy:
+        return lfu.Policy(
+            self.occupied,
+            self.counts,
+            self.last_write,
+            self.last_access,
+            self.tick,
+            self.initial_count,
+            self.decay_ticks,
+        )
+
+    def choose_slots(self, n: int) -> lfu.Plan:
+        """Slots for n new codes, and which of them are occupied now (to be evicted). Pure
+        (model/lfu.py). n > capacity -> ValueError."""
+        n = as_int(n, "n", 0)
+        if n > self.capacity:
+            raise ValueError(f"expected n <= capacity={self.capacity}, got n={n}")
+        return lfu.choose(n, self._policy())
+
+    def plan_writes(self, sizes: Sequence[int]) -> list[lfu.Plan]:
+        """(slots, evicted) for consecutive writes of these sizes, exactly what choose_slots(n)
+        then assign(slots, ...) for each in turn would give, without changing anything."""
+        sizes = [as_int(n, "n", 0) for n in sizes]
+        if any(n > self.capacity for n in sizes):
+            raise ValueError(f"expected sizes <= capacity={self.capacity}, got {sizes}")
+        return lfu.plan(sizes, self._policy())
+
+    def assign(
+        self, slots: Sequence[int] | Tensor, codes: Tensor | Sequence[Sequence[float]]
+    ) -> None:
+        """Store codes (n, m) float32 in these distinct slots (replay-safe: a log replays this).
+
+        occupied = True, count = initial_count, last_write = the new tick, last_access = 0;
+        writes += n, evictions += how many of the slots were occupied before. Slots and codes are
+        checked before anything changes."""
+        idx = torch.as_tensor(slots).detach()
+        if idx.dim() != 1 or (idx.numel() and (idx.is_floating_point() or idx.dtype == torch.bool)):
+            raise ValueError(f"expected slots as a 1-d sequence of ints, got {slots!r}")
+        idx = idx.to(device=self.device, dtype=torch.int64)
+        z = self.check_codes(codes)
+        if z.shape[0] != idx.numel():
+            raise ValueError(f"expected one code per slot ({idx.numel()}), got {z.shape[0]} codes")
+        bad = idx[(idx < 0) | (idx >= self.capacity)]
+        if bad.numel():
+            raise ValueError(f"expected slots in [0, {self.capacity}), got {bad.tolist()}")
+        if torch.unique(idx).numel() != idx.numel():
+            raise ValueError(f"expected distinct slots, got {idx.tolist()}")
+        stored = self.quant.quantise(z)  # validates before any mutation
+        self.tick += 1
+        self.evictions += int(self.occupied[idx].sum().item())
+        self.writes += idx.numel()
+        self.codes[idx] = stored
+        self.occupied[idx] = True
+        self.counts[idx] = self.initial_count
+        self.last_write[idx] = self.tick
+        self.last_access[idx] = 0
+        self._unit[idx] = unit_rows(self.quant.dequantise(stored))
+        self._mask[idx] = 0.0
+
+    def write(self, codes: Tensor | Sequence[Sequence[float]], mode: str = "mean") -> WriteResult:
+        """Store codes (B, m): "mean" -> one slot with the batch's mean code (the paper's write),
+        "each" -> one slot per row (`combine`), in the slots `choose_slots` gives."""
+        z = combine(self.check_codes(codes), mode)
+        slots, evicted = self.choose_slots(z.shape[0])
+        self.assign(slots, z)
+        return WriteResult(slots=slots, evicted=evicted, used=self.used)
+
+    def apply(self, op: Op) -> None:
+        """Carry out one logged operation (the memory loop's, or a log's on replay)."""
+        if isinstance(op, Assign):
+            self.assign(op.slots, op.codes)
+        elif isinstance(op, Free):
+            self.delete(op.slot)
+        else:
+            self.clear()
+
+    # ------------------------------------------------------------------ slots
+
+    def get(self, slot: SupportsIndex) -> SlotView:
+        """The slot's dequantised code and counters (does not count as an access)."""
+        s = self._check_slot(slot)
+        return SlotView(
+            slot=s,
+            count=int(self.counts[s]),
+            last_write=int(self.last_write[s]),
+            last_access=int(self.last_access[s]),
+            code=self.quant.dequantise(self.codes[s : s + 1])[0].clone(),
+        )
+
+    def codes_at(self, slots: Tensor | Sequence[int]) -> Tensor:
+        """Dequantised float32 codes (n, m) of occupied slots (n,); SlotNotFound otherwise."""
+        idx = torch.as_tensor(slots, dtype=torch.int64).detach().to(self.device).reshape(-1)
+        bad = idx[(idx < 0) | (idx >= self.capacity)]
+        if bad.numel():
+            raise SlotNotFound(f"slot {int(bad[0])} is out of range [0, {self.capacity})")
+        free = idx[~self.occupied[idx]]
+        if free.numel():
+            raise SlotNotFound(f"slot {int(free[0])} is not occupied")
+        return self.quant.dequantise(self.codes[idx])
+
+    def check_occupied(self, slot: SupportsIndex) -> int:
+        """The slot as an int when it is occupied; SlotNotFound (or ValueError) otherwise."""
+        return self._check_slot(slot)
+
+    def delete(self, slot: SupportsIndex) -> None:
+        """Free one occupied slot (its code, count and ticks go back to zero)."""
+        s = self._check_slot(slot)
+        self.tick += 1
+        self._free(torch.tensor([s], device=self.device))
+
+    def clear(self) -> None:
+        """Free every slot. The lifetime counters (reads, hits, ..., tick) keep running."""
+        self.tick += 1
+        self._free(torch.arange(self.capacity, device=self.device))
+
+    def _free(self, idx: Tensor) -> None:
+        self.codes[idx] = 0
+        self.occupied[idx] = False
+        self.counts[idx] = 0
+        self.last_write[idx] = 0
+        self.last_access[idx] = 0
+        self._unit[idx] = 0.0
+        self._mask[idx] = -math.inf
+
+    # ------------------------------------------------------------------ stats
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and occupancy. count_* are over occupied slots (0 when the bank is empty);
+        bytes = the state tensors, cache_bytes = the float32 read cache on top of them."""
+        occ = self.counts[self.occupied]
+        used = int(occ.numel())
+        cache = [self._unit, self._mask, *self._blocks]
+        return {
+            "capacity": self.capacity,
+            "used": used,
+            "free": self.capacity - used,
+            "reads": self.reads,
+            "hits": self.hits,
+            "misses": self.misses,
+            "writes": self.writes,
+            "evictions": self.evictions,
+            "count_min": int(occ.min()) if used else 0,
+            "count_mean": float(occ.double().mean()) if used else 0.0,
+            "count_max": int(occ.max()) if used else 0,
+            "count_sum": int(occ.sum()),
+            "dtype": self.dtype,
+            "bytes": sum(t.numel() * t.element_size() for t in self.state_tensors().values()),
+            "cache_bytes": sum(t.numel() * t.element_size() for t in cache),
+            "initial_count": self.initial_count,
+            "tick": self.tick,
+        }
+
+    # ------------------------------------------------------------------ state
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """The state without copies (read-only use: a snapshot of a bank nobody mutates)."""
+        counters = [getattr(self, name) for name in COUNTER_NAMES]
+        state = {
+            "codes": self.codes,
+            "counts": self.counts,
+            "occupied": self.occupied,
+            "last_write": self.last_write,
+            "last_access": self.last_access,
+            "counters": torch.tensor(counters, dtype=torch.int64, device=self.device),
+        }
+        if self.quant.scales is not None:
+            state["scales"] = self.quant.scales
+        return state
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Copies of the state tensors; "counters" is int64 (6,) in `COUNTER_NAMES` order."""
+        return {k: v.detach().clone() for k, v in self.state_tensors().items()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor], *, copy: bool = True) -> None:
+        """Replace the state with `state` (as from `state_dict`), checked first: ValueError
+        naming the problem, and the bank is left unchanged. copy=False adopts the tensors."""
+        problem = state_problem(state, self.capacity, self.m, self.dtype)
+        if problem is not None:
+            raise ValueError(f"state dict {problem}")
+        self._adopt(state, copy=copy)
+
+    def _adopt(self, state: Mapping[str, Tensor], *, copy: bool) -> None:
+        dev = self.device
+        adopt = {k: (v.detach().clone() if copy else v).to(dev) for k, v in state.items()}
+        self.codes, self.counts = adopt["codes"], adopt["counts"]
+        self.occupied = adopt["occupied"]
+        self.last_write, self.last_access = adopt["last_write"], adopt["last_access"]
+        if self.dtype == "int8":
+            self.quant = Quantiser("int8", self.m, adopt["scales"], dev)
+        for name, value in zip(COUNTER_NAMES, adopt["counters"].tolist(), strict=True):
+            setattr(self, name, int(value))
+        self._unit = unit_rows(self.quant.dequantise(self.codes))  # free slots hold zero codes
+        self._mask = torch.where(self.occupied, 0.0, -math.inf).to(torch.float32)
+        self._blocks = []

@@ -1,0 +1,154 @@
+"""The write policy of the MemoryTransit paper, as pure functions over the bank's tensors.
+
+A write takes the lowest free slots first, then the occupied slots with the lowest
+(count, last touched, slot), last touched = max(last_write, last_access): least frequently used,
+ties by least recently used, then by slot. Nothing here changes a tensor it is given.
+
+Aging. With `decay_ticks` > 0 the count used for the choice is halved for every decay_ticks
+ticks the slot sat untouched, as Redis ages its LFU counters (LFU_DECAY_TIME); the counts
+stored and reported never change. It is a policy setting, not state (snapshots do not save it).
+
+initial_count. A written slot's count starts at initial_count (the paper: 0). Redis LFU
+starts new keys at LFU_INIT_VAL = 5 so that a fresh key, which has had no time to be read,
+is not the first thing evicted: there, counters decay with idle time, so old keys that stop
+being read sink below a fresh key's 5. Without decay every count is initial_count + hits
+since the write, and the order (count, last touched, slot) comes out the same for every
+initial_count: a fresh slot already outlives every older slot that has not been hit either
+(it is the most recently touched), and it cannot outlive older slots that have been hit (in a
+full bank whose other slots were all read, consecutive writes keep replacing the newest
+slot). With decay on, initial_count does protect fresh slots, as in Redis: a slot hit often
+long ago decays below a fresh slot's initial_count and goes first. 0 and no decay, the
+defaults, reproduce the paper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["Plan", "Policy", "choose", "plan"]
+
+
+class Policy(NamedTuple):
+    """The state the choice reads: per-slot tensors (capacity,), the bank's tick, the policy."""
+
+    occupied: Tensor
+    counts: Tensor
+    last_write: Tensor
+    last_access: Tensor
+    tick: int
+    initial_count: int
+    decay_ticks: int
+
+
+class Plan(NamedTuple):
+    """Slots for one write, in the order of its rows, and which of them are evicted (held a
+    code before)."""
+
+    slots: list[int]
+    evicted: list[int]
+
+
+def aged(counts: Tensor, touched: Tensor, tick: int, decay_ticks: int) -> Tensor:
+    """Counts halved once per decay_ticks ticks since touched (Redis LFU aging); as is at 0."""
+    if not decay_ticks:
+        return counts
+    halvings = ((tick - touched) // decay_ticks).clamp(max=62)
+    return counts >> halvings
+
+
+def choose(n: int, p: Policy) -> Plan:
+    """Slots for n new codes (n <= capacity, checked by callers): free first, then LFU."""
+    free = torch.nonzero(~p.occupied).squeeze(1)  # ascending
+    chosen = free[:n].tolist()
+    need = n - len(chosen)
+    if need == 0:
+        return Plan(chosen, [])
+    cand = torch.nonzero(p.occupied).squeeze(1)  # (U,), ascending slot
+    touched = torch.maximum(p.last_write[cand], p.last_access[cand])
+    count = aged(p.counts[cand], touched, p.tick, p.decay_ticks)
+    # Select the `need` smallest (count, touched, slot) in O(U): threshold on count, then
+    # on touched among the tied, then the lowest slots; sort only the few chosen.
+    c_kth = torch.kthvalue(count, need).values
+    take = count < c_kth
+    tied = count == c_kth
+    r = need - int(take.sum().item())
+    t_kth = torch.kthvalue(touched[tied], r).values
+    take |= tied & (touched < t_kth)
+    last = torch.nonzero(tied & (touched == t_kth)).squeeze(1)
+    take[last[: need - int(take.sum().item())]] = True
+    sel = cand[take]
+    sel_count, sel_touched = count[take], touched[take]
+    # Order the selected by (count, touched, slot): sel is already by slot; stable sorts.
+    o = torch.argsort(sel_touched, stable=True)
+    o = o[torch.argsort(sel_count[o], stable=True)]
+    evicted = sel[o].tolist()
+    return Plan(chosen + evicted, evicted)
+
+
+def plan(sizes: Sequence[int], p: Policy) -> list[Plan]:
+    """Plans for consecutive writes of these sizes: exactly what choose(n) then storing n
+    codes would give for each in turn (the codes do not matter to the choice), without
+    changing anything. A later write of the group may take a slot an earlier one just wrote
+    (in a full bank whose other slots were all read, the fresh slot is the LFU one), as
+    consecutive writes do.
+
+    Without decay one pass over the bank serves the whole group: the slots the group has not
+    touched keep their order (count, last touched, slot) from write to write, so the first
+    sum(sizes) of them in that order, merged with the group's fresh slots (count
+    initial_count, touched at their write's tick, which is later than any other), decide every
+    choice. With decay the counts age with each write's tick: each write is chosen on a copy
+    of the counters, one pass per write.
+    """
+    if p.decay_ticks:
+        return _plan_aged(sizes, p)
+    capacity = p.occupied.numel()
+    first, _ = choose(min(sum(sizes), capacity), p)
+    first_t = torch.tensor(first, dtype=torch.int64, device=p.occupied.device)
+    was_occupied = p.occupied[first_t].tolist()
+    counts = p.counts[first_t].tolist()
+    fresh: list[int] = []  # slots the group wrote, in order (count initial_count), oldest first
+    pos, plans = 0, []
+    for n in sizes:
+        slots, evicted = [], []
+        f = 0
+        for _ in range(n):
+            # An untouched slot goes first when free, or when its (count, touched) is below a
+            # fresh slot's (initial_count, a later tick): count <= initial_count.
+            take_first = pos < len(first) and (
+                not was_occupied[pos] or counts[pos] <= p.initial_count or f == len(fresh)
+            )
+            if take_first:
+                slot = first[pos]
+                if was_occupied[pos]:
+                    evicted.append(slot)
+                pos += 1
+            else:
+                slot = fresh[f]
+                evicted.append(slot)
+                f += 1
+            slots.append(slot)
+        # this write's slots are the freshest now, among themselves by slot (same tick)
+        fresh = fresh[f:] + sorted(slots)
+        plans.append(Plan(slots, evicted))
+    return plans
+
+
+def _plan_aged(sizes: Sequence[int], p: Policy) -> list[Plan]:
+    occupied, counts = p.occupied.clone(), p.counts.clone()
+    last_write, last_access = p.last_write.clone(), p.last_access.clone()
+    tick, plans = p.tick, []
+    for n in sizes:
+        step = Policy(
+            occupied, counts, last_write, last_access, tick, p.initial_count, p.decay_ticks
+        )
+        chosen = choose(n, step)
+        idx = torch.tensor(chosen.slots, dtype=torch.int64, device=occupied.device)
+        tick += 1  # as storing does
+        occupied[idx], counts[idx] = True, p.initial_count
+        last_write[idx], last_access[idx] = tick, 0
+        plans.append(chosen)
+    return plans

@@ -1,0 +1,47 @@
+"""The bank's mutations as values: what a write stores, and the three operations a log holds.
+
+The memory loop (model/memory.py) turns each request into operations, hands them to its
+durability callback *before* applying them (`MemoryBank.apply`), and a log replays the same
+operations at start. service/records.py turns them into bytes and back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from model.enums import WRITE_MODES, WriteMode
+
+__all__ = ["WRITE_MODES", "Assign", "Clear", "Free", "Op", "WriteMode", "combine"]
+
+
+@dataclass(frozen=True)
+class Assign:
+    """Store codes (n, m) float32 in these distinct slots (n,): `MemoryBank.assign`."""
+
+    slots: list[int]
+    codes: Tensor
+
+
+@dataclass(frozen=True)
+class Free:
+    """Free one occupied slot."""
+
+    slot: int
+
+
+@dataclass(frozen=True)
+class Clear:
+    """Free every slot."""
+
+
+Op = Assign | Free | Clear
+
+
+def combine(z: Tensor, mode: str) -> Tensor:
+    """The rows a write stores for codes z (B, m): "mean" -> their mean (1, m), the paper's
+    write; "each" -> z itself, one slot per row."""
+    if mode not in WRITE_MODES:
+        raise ValueError(f"expected mode in {list(WRITE_MODES)}, got {mode!r}")
+    return z.mean(dim=0, keepdim=True) if mode == "mean" else z

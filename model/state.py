@@ -1,0 +1,110 @@
+"""What a bank's state is: its tensors, their dtypes and shapes, and the rules they obey.
+
+One place for the contract that `MemoryBank.load_state_dict`, snapshot saving and snapshot
+loading check: `layout_problem` (keys, dtypes, shapes; values not looked at) and
+`state_problem` (the layout plus consistency of the values). Each returns why a state is not a
+bank's state, or None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from model.enums import BANK_DTYPES, BankDtype
+from model.search import all_finite
+
+__all__ = [
+    "COUNTER_NAMES",
+    "DTYPES",
+    "INT8_MAX",
+    "STATE_KEYS",
+    "BankDtype",
+    "layout_problem",
+    "state_problem",
+]
+
+DTYPES: dict[str, torch.dtype] = dict(
+    zip(BANK_DTYPES, (torch.float32, torch.float16, torch.int8), strict=True)
+)
+COUNTER_NAMES = ("tick", "reads", "hits", "misses", "writes", "evictions")
+STATE_KEYS = ("codes", "counts", "occupied", "last_write", "last_access", "counters")
+INT8_MAX = 127
+
+
+def layout_problem(state: Mapping[str, Tensor], capacity: int, m: int, dtype: str) -> str | None:
+    """Why `state` does not have the tensors (keys, dtypes, shapes) of a bank of this capacity,
+    m and dtype, or None when it does. Values are not looked at."""
+    expected = set(STATE_KEYS) | ({"scales"} if dtype == "int8" else set())
+    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing:
+        return f"lacks tensor(s) {missing}"
+    if extra:
+        return f"has unexpected tensor(s) {extra}"
+    specs: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {
+        "codes": (DTYPES[dtype], (capacity, m)),
+        "counts": (torch.int64, (capacity,)),
+        "occupied": (torch.bool, (capacity,)),
+        "last_write": (torch.int64, (capacity,)),
+        "last_access": (torch.int64, (capacity,)),
+        "counters": (torch.int64, (len(COUNTER_NAMES),)),
+        "scales": (torch.float32, (m,)),
+    }
+    for key in sorted(expected):
+        t = state[key]
+        if not isinstance(t, Tensor):
+            return f"tensor {key!r} is not a tensor"
+        want_dtype, shape = specs[key]
+        if t.dtype != want_dtype:
+            return f"tensor {key!r} has dtype {t.dtype}, expected {want_dtype}"
+        if tuple(t.shape) != shape:
+            return f"tensor {key!r} has shape {tuple(t.shape)}, expected {shape}"
+    return None
+
+
+def state_problem(state: Mapping[str, Tensor], capacity: int, m: int, dtype: str) -> str | None:
+    """Why `state` cannot be the state of a bank of this capacity, m and dtype, or None."""
+    problem = layout_problem(state, capacity, m, dtype)
+    if problem is not None:
+        return problem
+    cpu = {k: v.detach().to("cpu") for k, v in state.items()}
+    return _counter_problem(cpu["counters"].tolist()) or _slot_problem(cpu)
+
+
+def _counter_problem(counters: list[int]) -> str | None:
+    _, reads, hits, misses, writes, evictions = counters
+    if min(counters) < 0:
+        return f"inconsistent state: negative counter in {counters}"
+    if hits + misses != reads:
+        return f"inconsistent state: hits {hits} + misses {misses} != reads {reads}"
+    if evictions > writes:
+        return f"inconsistent state: evictions {evictions} > writes {writes}"
+    return None
+
+
+def _slot_problem(cpu: Mapping[str, Tensor]) -> str | None:
+    occ, codes, tick = cpu["occupied"], cpu["codes"], int(cpu["counters"][0])
+    if "scales" in cpu:
+        s = cpu["scales"]
+        if not all_finite(s) or not bool((s > 0).all()):
+            return "inconsistent state: scales must be finite and > 0"
+    if codes.is_floating_point():
+        if not all_finite(codes):
+            return "inconsistent state: non-finite codes"
+    elif bool((codes < -INT8_MAX).any()):
+        return f"inconsistent state: int8 codes below -{INT8_MAX}"
+    free = ~occ
+    for key in ("counts", "last_write", "last_access"):
+        if bool((cpu[key][free] != 0).any()):
+            return f"inconsistent state: {key} nonzero on a free slot"
+        if bool((cpu[key] < 0).any()):
+            return f"inconsistent state: negative {key}"
+    if bool((codes[free] != 0).any()):
+        return "inconsistent state: code stored in a free slot"
+    if bool((cpu["last_write"][occ] < 1).any()):
+        return "inconsistent state: occupied slot without a write tick"
+    if bool((cpu["last_write"] > tick).any()) or bool((cpu["last_access"] > tick).any()):
+        return f"inconsistent state: slot tick beyond the bank's tick {tick}"
+    return None
