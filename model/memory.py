@@ -187,6 +187,14 @@ class IDRPMemory:
             return self.model.encode(x, refine_steps=self._refine_steps).float()  # type: ignore[call-arg]
         return self.model.encode(x).float()
 
+    def _encode_each(self, xs: list[tuple[int, Tensor]]) -> list[tuple[int, Tensor]]:
+        """Encode every request's rows in ONE call, then split the codes back per request."""
+        if not xs:
+            return []
+        z_all = self._encode(torch.cat([x for _, x in xs]))  # (B, m)
+        parts = torch.split(z_all, [x.shape[0] for _, x in xs])
+        return [(i, z) for (i, _), z in zip(xs, parts, strict=True)]
+
     def _commit(self, ops: Sequence[Op]) -> None:
         """Log ops (all or nothing), then apply them. Call under the lock."""
         if self._log is not None:
@@ -241,13 +249,8 @@ class IDRPMemory:
                 xs.append((i, self._check_write(w)))
             except InvalidInput as e:
                 answers[i] = e
-        z_all = self._encode(torch.cat([x for _, x in xs])) if xs else None  # (B, m)
         rows: list[tuple[int, Tensor]] = []
-        start = 0
-        for i, x in xs:
-            assert z_all is not None
-            z = z_all[start : start + x.shape[0]]
-            start += x.shape[0]
+        for i, z in self._encode_each(xs):
             try:
                 rows.append((i, self._storable(z, writes[i].mode)))
             except InvalidInput as e:
@@ -304,13 +307,8 @@ class IDRPMemory:
                 xs.append((i, as_rows(r.queries, "query", self.d)))
             except InvalidInput as e:
                 answers[i] = e
-        z_all = self._encode(torch.cat([x for _, x in xs])) if xs else None  # (B, m)
         spans: list[tuple[int, Tensor]] = []
-        start = 0
-        for i, x in xs:
-            assert z_all is not None
-            z = z_all[start : start + x.shape[0]]
-            start += x.shape[0]
+        for i, z in self._encode_each(xs):
             bad = _first_bad(z)
             if bad is not None:
                 answers[i] = InvalidInput(
