@@ -25,7 +25,8 @@ def main() -> int:
         settings = Settings()
     except ValidationError as e:
         problems = "; ".join(
-            f"MT_{'.'.join(str(p) for p in err['loc']).upper() or 'SETTINGS'}: {err['msg']}"
+            f"MT_{'.'.join(str(p) for p in err['loc']).upper() or 'SETTINGS'}: "
+            + err["msg"].removeprefix("Value error, ")
             for err in e.errors()
         )
         print(f"invalid settings: {problems}", file=sys.stderr)

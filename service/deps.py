@@ -6,24 +6,29 @@ create_app fills.
 - EngineDep: the app's engine once it is ready; NotReady (503) before that and after a failure.
 - ReadAccess / WriteAccess: the caller's role from its API key (service/auth.py): 401 without a
   valid key, 403 for a read-only key on a route that changes state.
-- WriteBody / ReadBody: the request body, validated against the app's request models
-  (`app.state.models`: WriteRequest / ReadRequest with this app's MT_MAX_ITEMS, MT_MAX_TOP_K and
-  the weights' d, see schemas.request_models). FastAPI still reads the body and answers for
-  malformed JSON and a missing body; the body parameter is documented as a reference to the
-  WriteRequest / ReadRequest schema, which create_app's OpenAPI document takes from the same
-  models, so the document states this app's limits. Validation errors are FastAPI's own (same
-  error list, located in "body"), so errors.py words them as before.
+- WriteBody / ReadBody: the request body, read and parsed here, once (not by FastAPI): 415 for
+  a compressed body; 422 for no body, another media type, invalid UTF-8 or JSON, nesting too
+  deep, an integer over Python's digit limit, or a key given twice; then validated against the
+  app's request models (`app.state.models`: WriteRequest / ReadRequest with this app's
+  MT_MAX_ITEMS, MT_MAX_TOP_K and the weights' d, see schemas.request_models), whose errors
+  errors.py words. A read whose answer could pass MT_MAX_RESPONSE_BYTES is a 413. Routes
+  document their body with `openapi_extra=body_doc(Model)`, a reference to the schema that
+  create_app's OpenAPI document takes from the same models, so the document states this app's
+  limits.
+- SlotId: the path's slot id, plain decimal digits only (schemas.slot_id), else 422.
 
 A dependency that raises ends the request, so a route declares its access first, then the engine,
-then the body: 401 / 403 come before 503, and 503 before 422, as when FastAPI validated the body
-itself after the dependencies.
+then the body or slot: 401 / 403 come before 503, and 503 before 415 / 422 / 413; the body is not
+read before the key is checked.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Body, Depends, Request
+from fastapi import Depends, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.constants import REF_TEMPLATE
 from pydantic import BaseModel, ValidationError, WithJsonSchema
@@ -31,9 +36,12 @@ from pydantic import BaseModel, ValidationError, WithJsonSchema
 from model.errors import NotReady
 from service.auth import Role, authenticate, authorize_write
 from service.engine import Engine
-from service.schemas import ReadRequest, RequestModels, WriteRequest
+from service.schemas import ReadRequest, RequestModels, WriteRequest, clip, slot_id
+from service.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
+NOT_AN_OBJECT = "request body must be a JSON object (Content-Type: application/json)"
+SLOT_SCHEMA = {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}  # as slot_id reads it
 
 
 def ready_engine(request: Request) -> Engine:
@@ -55,35 +63,109 @@ async def _engine(request: Request) -> Engine:
     return ready_engine(request)
 
 
-def _schema_of(model: type[BaseModel]) -> WithJsonSchema:
-    """Document a body as `model`'s schema, by reference: the app's OpenAPI document holds the
-    schema of its own model of that name."""
-    return WithJsonSchema({"$ref": REF_TEMPLATE.format(model=model.__name__)})
+def body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """A route's `openapi_extra`: its JSON body documented as `model`'s schema, by reference
+    (the app's OpenAPI document holds the schema of its own model of that name). The body is
+    read by the dependency below, not by FastAPI, so FastAPI does not document it itself."""
+    schema = {"$ref": REF_TEMPLATE.format(model=model.__name__)}
+    return {"requestBody": {"content": {"application/json": {"schema": schema}}, "required": True}}
 
 
-# JSON bodies that FastAPI reads (malformed JSON, no body: its 422s) but does not validate.
-_WriteJSON = Annotated[Any, Body(), _schema_of(WriteRequest)]
-_ReadJSON = Annotated[Any, Body(), _schema_of(ReadRequest)]
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object hook: the object, or _DuplicateKey naming a key given twice (json.loads
+    alone keeps the last one, so {"items": "junk", "items": [...]} would write)."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+def parse_json(raw: bytes) -> Any:
+    """The body as JSON: UTF-8, keys unique; 422 naming the problem. Python's json reads NaN and
+    Infinity; the request models refuse them with their own message."""
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        raise HTTPException(422, f"request body has a duplicate key {clip(e.args[0])!r}") from None
+    except UnicodeDecodeError as e:
+        problem = f"not UTF-8 (invalid byte at position {e.start})"
+    except json.JSONDecodeError as e:
+        problem = f"{e.msg} at position {e.pos}"
+    except RecursionError:
+        problem = "nested too deeply"
+    except ValueError:  # the only other one: an integer over Python's digit limit
+        problem = f"an integer with more than {sys.get_int_max_str_digits()} digits"
+    raise HTTPException(422, f"request body is not valid JSON: {problem}")
+
+
+def _is_json(content_type: str | None) -> bool:
+    """No Content-Type, application/json or application/*+json (as FastAPI reads bodies)."""
+    if content_type is None:
+        return True
+    kind = content_type.partition(";")[0].strip().lower()
+    return kind == "application/json" or (
+        kind.startswith("application/") and kind.endswith("+json")
+    )
+
+
+async def _json_body(request: Request) -> Any:
+    """The request's JSON body, read and parsed once, here: 415 for a compressed body, 422 for
+    none, another media type, or anything parse_json refuses."""
+    encoding = request.headers.get("content-encoding", "identity")
+    if encoding.strip().lower() != "identity":
+        raise HTTPException(
+            415, f"Content-Encoding {clip(encoding)!r} is not supported: send the body uncompressed"
+        )
+    raw = await request.body()
+    if not raw:
+        raise HTTPException(422, "request body is required: a JSON object")
+    if not _is_json(request.headers.get("content-type")):
+        raise HTTPException(422, NOT_AN_OBJECT)
+    return parse_json(raw)
 
 
 def _validated(model: type[M], body: Any) -> M:
-    """`body` as `model`, validated as FastAPI validates a body (the same errors, located in
-    "body", raised as RequestValidationError: errors.py turns them into the 422)."""
+    """`body` as `model`: errors.py words the errors (located in "body") as for FastAPI's."""
     try:
-        return model.model_validate(body, from_attributes=True)
+        return model.model_validate(body)
     except ValidationError as e:
         errors = [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
         raise RequestValidationError(errors, body=body) from None
 
 
-async def _write_body(request: Request, body: _WriteJSON) -> WriteRequest:
+async def _write_body(request: Request) -> WriteRequest:
     models: RequestModels = request.app.state.models
-    return _validated(models.write, body)
+    return _validated(models.write, await _json_body(request))
 
 
-async def _read_body(request: Request, body: _ReadJSON) -> ReadRequest:
+async def _read_body(request: Request) -> ReadRequest:
+    """The read request, refused with 413 when its answer could pass MT_MAX_RESPONSE_BYTES:
+    before any work, so nothing is read or counted."""
     models: RequestModels = request.app.state.models
-    return _validated(models.read, body)
+    body = _validated(models.read, await _json_body(request))
+    settings: Settings = request.app.state.settings
+    hits, size = body.answer_bytes(settings.capacity)
+    if size > settings.max_response_bytes:
+        what = f"reconstructions of {body.d} values" if body.reconstruct else "no reconstructions"
+        raise HTTPException(
+            413,
+            f"read answer too large: {len(body.queries)} queries x {hits} hits with {what} "
+            f"could take {size} bytes, over the limit of {settings.max_response_bytes} bytes "
+            "(MT_MAX_RESPONSE_BYTES); send fewer queries, a smaller top_k or reconstruct=false",
+        )
+    return body
+
+
+async def _slot(i: Annotated[str, Path(), WithJsonSchema(SLOT_SCHEMA)]) -> int:
+    return slot_id(i)
 
 
 EngineDep = Annotated[Engine, Depends(_engine)]
@@ -91,3 +173,4 @@ ReadAccess = Annotated[Role, Depends(authenticate)]
 WriteAccess = Annotated[Role, Depends(authorize_write)]
 WriteBody = Annotated[WriteRequest, Depends(_write_body)]
 ReadBody = Annotated[ReadRequest, Depends(_read_body)]
+SlotId = Annotated[int, Depends(_slot)]

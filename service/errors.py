@@ -3,7 +3,8 @@
 Every error answer has the same shape, `{"detail": "<one sentence>"}` (schemas.ErrorResponse):
 request validation errors are flattened into that sentence too, rather than FastAPI's list of
 error objects, so clients handle one format. Messages name the problem and the allowed values;
-they never echo stack traces, file paths of the server or other internals.
+they never echo stack traces, file paths of the server or other internals, and what they repeat
+of a request is clipped (schemas.clip); a detail is at most MAX_DETAIL characters.
 
     domain error (engine / bank / WAL)      HTTP
     InvalidInput, other ValueError          422  the error's message
@@ -12,13 +13,13 @@ they never echo stack traces, file paths of the server or other internals.
     NotReady                                503  "service is starting" (Retry-After)
     RequestValidationError                  422  flattened pydantic errors
     body over MT_MAX_BODY_BYTES             413  "request body too large: ..."
+    HTTPException (auth, deps: body, size)  its status and detail
     anything else                           500  "internal server error" (logged, not echoed)
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -28,17 +29,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.errors import DiskFullError, NotReady, PersistenceError, SlotNotFound
-from service.schemas import ErrorResponse
+from service.schemas import ErrorResponse, clip, validation_detail
 
 log = logging.getLogger("service.errors")
 
-MAX_LISTED_ERRORS = 3
-# Error types our own validators raise: their message already names the item / query.
-_SELF_DESCRIBING = {"row_length", "not_finite", "float32_range"}
+MAX_DETAIL = 1024  # characters of any detail: no error answer is larger than about 1 kB
 
 # The standard answers, for `responses=` in the routes (and so in the OpenAPI document).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    413: {"model": ErrorResponse, "description": "Request body larger than MT_MAX_BODY_BYTES"},
+    413: {
+        "model": ErrorResponse,
+        "description": "Request body larger than MT_MAX_BODY_BYTES, or a read answer that "
+        "would be larger than MT_MAX_RESPONSE_BYTES",
+    },
+    415: {"model": ErrorResponse, "description": "Compressed body (Content-Encoding)"},
     422: {"model": ErrorResponse, "description": "Invalid request (body, path or values)"},
     503: {"model": ErrorResponse, "description": "The engine is not ready (starting or stopping)"},
 }
@@ -49,47 +53,7 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
-
-
-def _where(loc: Sequence[int | str]) -> str:
-    """("body", "items", 0, 3) -> "items[0][3]"; ("path", "i") -> "path parameter i"."""
-    if loc and loc[0] in ("path", "query", "header"):
-        return f"{loc[0]} parameter {'.'.join(str(p) for p in loc[1:])}"
-    parts = list(loc[1:] if loc and loc[0] == "body" else loc)
-    text = ""
-    for p in parts:
-        text += f"[{p}]" if isinstance(p, int) else (f".{p}" if text else str(p))
-    return text
-
-
-def validation_detail(errors: Sequence[Any]) -> str:
-    """Flatten pydantic / FastAPI validation errors into one readable sentence."""
-    messages: list[str] = []
-    for e in errors:
-        kind, loc, msg = e.get("type", ""), tuple(e.get("loc", ())), str(e.get("msg", "invalid"))
-        if kind == "json_invalid":
-            reason = (e.get("ctx") or {}).get("error", "malformed JSON")
-            pos = loc[1] if len(loc) > 1 else "?"
-            return f"request body is not valid JSON: {reason} at position {pos}"
-        if loc == ("body",) or loc == ():
-            if kind == "missing":
-                return "request body is required: a JSON object"
-            if kind in ("model_type", "model_attributes_type", "dict_type"):
-                return "request body must be a JSON object (Content-Type: application/json)"
-        if kind in _SELF_DESCRIBING:
-            messages.append(msg)
-        elif kind == "missing":
-            messages.append(f"{_where(loc)}: field required")
-        elif kind == "extra_forbidden":
-            messages.append(f"{_where(loc)}: unknown field")
-        else:
-            messages.append(f"{_where(loc)}: {msg}" if _where(loc) else msg)
-    if not messages:
-        return "invalid request"
-    extra = len(messages) - MAX_LISTED_ERRORS
-    text = "; ".join(messages[:MAX_LISTED_ERRORS])
-    return f"{text}; and {extra} more" if extra > 0 else text
+    return JSONResponse({"detail": clip(detail, MAX_DETAIL)}, status_code=status, headers=headers)
 
 
 class BodyTooLarge(StarletteHTTPException):

@@ -5,11 +5,18 @@ no strings or booleans posing as numbers), so bad input is a 422 before any mode
 Limits that come from the settings (MT_MAX_ITEMS, MT_MAX_TOP_K) and from the weights file (the
 item length d, read from its header) are built into the classes by `request_models(...)`, so the
 OpenAPI document states them too. The engine checks d again for in-process callers.
+
+The wording of refusals lives here too, so that the server (service/errors.py, service/deps.py)
+and the Python client (service/client.py) say the same thing: `validation_detail` flattens
+pydantic errors into one sentence, `slot_id` reads a slot id, `clip` bounds what a client sent
+when a message echoes it, and `ReadRequest.answer_bytes` bounds the size of a read's answer.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, field_validator
@@ -17,8 +24,19 @@ from pydantic.json_schema import JsonDict
 from pydantic_core import PydanticCustomError
 
 from model.enums import WriteMode
+from model.errors import InvalidInput
 
 FLOAT32_MAX = 3.4028234663852886e38
+ECHO_LIMIT = 64  # characters of a name or value a client sent that a message repeats
+MAX_LISTED_ERRORS = 3
+# Error types our own validators raise: their message already names the item / query.
+_SELF_DESCRIBING = {"row_length", "not_finite", "float32_range"}
+# Upper bounds of a read answer's JSON (service/responses.FastJSON): one hit without its
+# reconstruction ({"slot":..,"score":..,"count":..,"reconstruction":null},), one float32 in its
+# shortest form with its comma (-1.2345678e-38,), and the brackets of one query's list.
+HIT_BYTES = 96
+VALUE_BYTES = 16
+QUERY_BYTES = 4
 
 # A finite float32 value (the row validator gives the error its message; this documents it).
 Number = Annotated[
@@ -55,6 +73,60 @@ def check_rows(rows: list[list[float]], noun: str, d: int | None) -> list[list[f
                 {"noun": noun, "index": i},
             )
     return rows
+
+
+def clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    """text, cut to `limit` characters with "..." when longer: what a message echoes of a
+    request stays bounded (a 200 kB field name is not sent back whole)."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+_SLOT_ID = re.compile(r"0|[1-9][0-9]{0,17}")  # re's [0-9] is ASCII only
+
+
+def slot_id(text: str) -> int:
+    """A slot id as written in a path: plain decimal digits only. int() would also read "+1",
+    " 1", "00001", "1_0" (= 10) and non-ASCII digits; those are refused, naming the value."""
+    if _SLOT_ID.fullmatch(text) is None:
+        raise InvalidInput(
+            "path parameter i: expected plain decimal digits (no sign, spaces, underscores or "
+            f"leading zeros; at most 18), got {clip(text)!r}"
+        )
+    return int(text)
+
+
+def _where(loc: Sequence[int | str]) -> str:
+    """("body", "items", 0, 3) -> "items[0][3]"; ("path", "i") -> "path parameter i". Names a
+    client sent are clipped."""
+    if loc and loc[0] in ("path", "query", "header"):
+        return f"{loc[0]} parameter {'.'.join(clip(str(p)) for p in loc[1:])}"
+    parts = list(loc[1:] if loc and loc[0] == "body" else loc)
+    text = ""
+    for p in parts:
+        text += f"[{p}]" if isinstance(p, int) else (f".{clip(p)}" if text else clip(p))
+    return text
+
+
+def validation_detail(errors: Sequence[Any]) -> str:
+    """Flatten pydantic / FastAPI validation errors into one readable sentence."""
+    messages: list[str] = []
+    for e in errors:
+        kind, loc, msg = e.get("type", ""), tuple(e.get("loc", ())), str(e.get("msg", "invalid"))
+        if loc in (("body",), ()) and kind in ("model_type", "model_attributes_type", "dict_type"):
+            return "request body must be a JSON object (Content-Type: application/json)"
+        if kind in _SELF_DESCRIBING:
+            messages.append(msg)
+        elif kind == "missing":
+            messages.append(f"{_where(loc)}: field required")
+        elif kind == "extra_forbidden":
+            messages.append(f"{_where(loc)}: unknown field")
+        else:
+            messages.append(f"{_where(loc)}: {msg}" if _where(loc) else msg)
+    if not messages:
+        return "invalid request"
+    extra = len(messages) - MAX_LISTED_ERRORS
+    text = "; ".join(messages[:MAX_LISTED_ERRORS])
+    return f"{text}; and {extra} more" if extra > 0 else text
 
 
 class Request(BaseModel):
@@ -97,6 +169,13 @@ class ReadRequest(Request):
     @classmethod
     def _finite(cls, rows: list[list[float]]) -> list[list[float]]:
         return check_rows(rows, "query", cls.d)
+
+    def answer_bytes(self, capacity: int) -> tuple[int, int]:
+        """(hits per query, an upper bound of the answer's bytes): known before any work, from
+        the queries, top_k (at most the capacity), and d when reconstructions are asked for."""
+        hits = min(self.top_k, capacity)
+        per_hit = HIT_BYTES + (VALUE_BYTES * (self.d or 0) if self.reconstruct else 0)
+        return hits, 16 + len(self.queries) * (QUERY_BYTES + hits * per_hit)
 
 
 class RequestModels(NamedTuple):

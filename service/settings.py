@@ -30,6 +30,7 @@ class Settings(BaseSettings):
         env_ignore_empty=True,  # MT_API_KEY= (empty) means unset, as compose passes it through
         extra="ignore",
         validate_default=True,
+        hide_input_in_errors=True,  # a refused MT_API_KEY is never printed, even in a traceback
     )
 
     # --- server
@@ -121,6 +122,12 @@ class Settings(BaseSettings):
         default=8 * MIB, ge=1024, description="Largest request body, in bytes."
     )
     max_top_k: int = Field(default=100, ge=1)
+    max_response_bytes: int = Field(
+        default=32 * MIB,
+        ge=1024,
+        description="Largest read answer, in bytes, as bounded before the read from its queries, "
+        "top_k and d (413 above; nothing is read or counted).",
+    )
     batch_max: int = Field(
         default=256,
         ge=1,
@@ -150,6 +157,22 @@ class Settings(BaseSettings):
             return value
         in_repo = REPO_ROOT / value
         return in_repo if in_repo.exists() else value
+
+    @field_validator("api_key", "read_api_key")
+    @classmethod
+    def _check_key(cls, key: SecretStr | None) -> SecretStr | None:
+        """A key that a client can present: HTTP strips the whitespace around a header value and
+        carries ASCII only. The message never holds the key."""
+        if key is None:
+            return None
+        value = key.get_secret_value()
+        if not value.strip():
+            raise ValueError("the key is empty or only whitespace")
+        if value != value.strip():
+            raise ValueError("the key starts or ends with whitespace")
+        if not (value.isascii() and value.isprintable()):
+            raise ValueError("the key must be printable ASCII (no control or non-ASCII characters)")
+        return key
 
     @model_validator(mode="after")
     def _check_keys(self) -> Self:

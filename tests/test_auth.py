@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,6 +17,7 @@ from service.app import create_app
 from service.auth import Role, role_of
 from service.settings import Settings
 from tests.conftest import running
+from tests.test_e2e import REPO
 
 WRITE_KEY = "write-key-0123456789"
 READ_KEY = "read-key-9876543210"
@@ -114,11 +119,27 @@ def test_read_key_reads_but_may_not_change(
     assert (stats["used"], stats["writes"]) == (1, 1)  # the refused calls changed nothing
 
 
-def test_auth_comes_before_body_validation(secured: TestClient) -> None:
-    r = secured.post("/write", json={"items": []})
-    assert r.status_code == 401
-    r = secured.post("/write", json={"items": []}, headers=x_key(READ_KEY))
-    assert r.status_code == 403
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        (b'{"items": []}', {}),
+        (b"not json", {}),
+        (b"[" * 100_000, {}),
+        (b'{"items": 1, "items": 2}', {}),
+        (b"\x1f\x8b\x08", {"content-encoding": "gzip"}),
+    ],
+    ids=["invalid", "not JSON", "nested", "duplicate key", "gzip"],
+)
+def test_the_key_is_checked_before_the_body_is_read(
+    secured: TestClient, body: bytes, headers: dict[str, str]
+) -> None:
+    headers = {"content-type": "application/json", **headers}
+    r = secured.post("/write", content=body, headers=headers)
+    assert (r.status_code, r.json()) == (401, {"detail": "missing API key"})
+    r = secured.post("/write", content=body, headers={**headers, **x_key(READ_KEY)})
+    assert (r.status_code, r.json()) == (403, {"detail": "this API key is read-only"})
+    r = secured.delete("/slots/1_0", headers=x_key(READ_KEY))
+    assert (r.status_code, r.json()) == (403, {"detail": "this API key is read-only"})
 
 
 def test_keys_never_reach_the_log(secured: TestClient, caplog: pytest.LogCaptureFixture) -> None:
@@ -184,3 +205,62 @@ def test_key_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MT_API_KEY", WRITE_KEY)
     key = Settings().api_key
     assert key is not None and key.get_secret_value() == WRITE_KEY
+
+
+BAD_KEYS = [
+    ("   ", "the key is empty or only whitespace"),
+    ("\t", "the key is empty or only whitespace"),
+    (" " + WRITE_KEY, "the key starts or ends with whitespace"),
+    (WRITE_KEY + "\n", "the key starts or ends with whitespace"),
+    ("tab\there", "the key must be printable ASCII (no control or non-ASCII characters)"),
+    ("del\x7fkey", "the key must be printable ASCII (no control or non-ASCII characters)"),
+    (
+        "cl\u00e9-secr\u00e8te",
+        "the key must be printable ASCII (no control or non-ASCII characters)",
+    ),
+]
+
+
+@pytest.mark.parametrize("variable", ["MT_API_KEY", "MT_READ_API_KEY"])
+@pytest.mark.parametrize(("key", "problem"), BAD_KEYS, ids=[p for _, p in BAD_KEYS])
+def test_keys_that_cannot_be_presented_are_refused(
+    monkeypatch: pytest.MonkeyPatch, variable: str, key: str, problem: str
+) -> None:
+    monkeypatch.setenv("MT_API_KEY", WRITE_KEY)
+    monkeypatch.setenv(variable, key)
+    with pytest.raises(ValidationError) as error:
+        Settings()
+    [err] = error.value.errors()
+    assert err["loc"] == (variable[3:].lower(),)
+    assert err["msg"] == f"Value error, {problem}"
+    assert "input_value" not in str(error.value)  # nor in a traceback (hide_input_in_errors)
+
+
+def test_a_key_with_an_inner_space_can_be_presented(
+    make_settings: Callable[..., Settings],
+) -> None:
+    key = "two words"
+    with running(make_settings(api_key=key)) as c:
+        assert c.get("/stats", headers=x_key(key)).status_code == 200
+        assert c.get("/stats", headers=bearer(key)).status_code == 200
+
+
+def test_the_server_refuses_to_start_with_a_padded_key(tmp_path: Path) -> None:
+    """`python -m service` (a real process): exit 2, one line naming the setting, not the key."""
+    key = "padded-" + WRITE_KEY + " "
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "MT_SNAPSHOT_DIR": str(tmp_path / "snapshots"),
+        "MT_API_KEY": WRITE_KEY,
+        "MT_READ_API_KEY": key,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "service"], cwd=REPO, env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert done.stdout == b""
+    assert done.stderr.decode() == (
+        "invalid settings: MT_READ_API_KEY: the key starts or ends with whitespace\n"
+    )
+    assert not (tmp_path / "snapshots").exists()  # refused before anything was touched
