@@ -5,26 +5,39 @@
         slot = mt.write([item]).slots[0]
         best = mt.read([item], top_k=1)[0][0]          # Hit(slot, score, count, reconstruction)
 
-Every 4xx / 5xx answer raises `APIError` carrying the status and the server's detail. The
-answers are the pydantic models of service/schemas.py (no torch needed to import this module).
+Every 4xx / 5xx answer raises `APIError` carrying the status and the server's detail. A request
+the server would refuse for its form is refused here first, with the server's wording, as
+`InvalidInput` (a ValueError), and nothing is sent: values are never coerced (a slot 2.9, a
+string or a boolean posing as a number are refused, not rounded or float()-ed). The checks are the
+server's own request models (service/schemas.py), without the limits that depend on the server's
+settings and weights (item length, items per request, top_k, answer size): those come back as
+`APIError`. The answers are the pydantic models of service/schemas.py (no torch needed to import
+this module).
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Sequence
 from typing import Any, Self, TypeVar
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
+from model.errors import InvalidInput
 from service.schemas import (
     DeleteResponse,
     Hit,
     ReadResponse,
+    Request,
     SlotResponse,
     SnapshotResponse,
     StatsResponse,
     WriteResponse,
+    request_models,
+    slot_id,
+    validation_detail,
 )
 
 M = TypeVar("M", bound=BaseModel)
@@ -40,8 +53,40 @@ class APIError(Exception):
         self.detail = detail
 
 
-def _rows(rows: Rows) -> list[list[float]]:
-    return rows.tolist() if hasattr(rows, "tolist") else [list(map(float, r)) for r in rows]
+# The server's request models without the limits that depend on its settings and weights.
+_MODELS = request_models(max_items=sys.maxsize, max_top_k=sys.maxsize, d=None)
+
+
+def _rows(rows: Rows) -> Any:
+    """Rows as JSON-ready lists: .tolist() of arrays and tensors, tuples as lists; the values are
+    left as they are, for the request model to judge."""
+    rows = rows.tolist() if hasattr(rows, "tolist") else rows
+    if not isinstance(rows, list | tuple):
+        return rows
+    return [
+        r.tolist() if hasattr(r, "tolist") else list(r) if isinstance(r, tuple) else r for r in rows
+    ]
+
+
+def _body(model: type[Request], **fields: Any) -> dict[str, Any]:
+    """The JSON body, as the server will read it (json.dumps writes NaN, as httpx would), once
+    `model` accepts it; else InvalidInput with the server's detail."""
+    content = json.dumps(fields).encode()
+    try:
+        model.model_validate(json.loads(content))
+    except ValidationError as e:
+        errors = [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
+        raise InvalidInput(validation_detail(errors)) from None
+    return {"content": content, "headers": {"content-type": "application/json"}}
+
+
+def _write_body(items: Rows, mode: str) -> dict[str, Any]:
+    return _body(_MODELS.write, items=_rows(items), mode=mode)
+
+
+def _slot(i: int) -> str:
+    """The path of slot i, refused as the server refuses its text: "2.9", "True", "-1"."""
+    return f"/slots/{slot_id(str(i))}"
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
@@ -63,12 +108,13 @@ def _check(response: httpx.Response) -> httpx.Response:
 def _read_body(
     queries: Rows, top_k: int, min_score: float | None, reconstruct: bool
 ) -> dict[str, Any]:
-    return {
-        "queries": _rows(queries),
-        "top_k": top_k,
-        "min_score": min_score,
-        "reconstruct": reconstruct,
-    }
+    return _body(
+        _MODELS.read,
+        queries=_rows(queries),
+        top_k=top_k,
+        min_score=min_score,
+        reconstruct=reconstruct,
+    )
 
 
 class MemoryTransitClient:
@@ -98,19 +144,20 @@ class MemoryTransitClient:
     def _call(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
         return model.model_validate(_check(self._http.request(method, path, **kwargs)).json())
 
-    def healthy(self) -> bool:
-        return self._http.get("/healthz").status_code == 200
-
-    def ready(self) -> bool:
+    def _probe(self, path: str) -> bool:
         try:
-            return self._http.get("/readyz").status_code == 200
-        except httpx.TransportError:
+            return self._http.get(path).status_code == 200
+        except httpx.TransportError:  # down, refused, timed out: not healthy
             return False
 
+    def healthy(self) -> bool:
+        return self._probe("/healthz")
+
+    def ready(self) -> bool:
+        return self._probe("/readyz")
+
     def write(self, items: Rows, mode: str = "mean") -> WriteResponse:
-        return self._call(
-            WriteResponse, "POST", "/write", json={"items": _rows(items), "mode": mode}
-        )
+        return self._call(WriteResponse, "POST", "/write", **_write_body(items, mode))
 
     def read(
         self,
@@ -120,7 +167,7 @@ class MemoryTransitClient:
         reconstruct: bool = True,
     ) -> list[list[Hit]]:
         body = _read_body(queries, top_k, min_score, reconstruct)
-        return self._call(ReadResponse, "POST", "/read", json=body).results
+        return self._call(ReadResponse, "POST", "/read", **body).results
 
     def stats(self) -> StatsResponse:
         return self._call(StatsResponse, "GET", "/stats")
@@ -129,10 +176,10 @@ class MemoryTransitClient:
         return self._call(SnapshotResponse, "POST", "/snapshot")
 
     def get_slot(self, i: int) -> SlotResponse:
-        return self._call(SlotResponse, "GET", f"/slots/{int(i)}")
+        return self._call(SlotResponse, "GET", _slot(i))
 
     def delete_slot(self, i: int) -> DeleteResponse:
-        return self._call(DeleteResponse, "DELETE", f"/slots/{int(i)}")
+        return self._call(DeleteResponse, "DELETE", _slot(i))
 
     def metrics(self) -> str:
         return _check(self._http.get("/metrics")).text
@@ -166,10 +213,20 @@ class AsyncMemoryTransitClient:
         response = await self._http.request(method, path, **kwargs)
         return model.model_validate(_check(response).json())
 
+    async def _probe(self, path: str) -> bool:
+        try:
+            return (await self._http.get(path)).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    async def healthy(self) -> bool:
+        return await self._probe("/healthz")
+
+    async def ready(self) -> bool:
+        return await self._probe("/readyz")
+
     async def write(self, items: Rows, mode: str = "mean") -> WriteResponse:
-        return await self._call(
-            WriteResponse, "POST", "/write", json={"items": _rows(items), "mode": mode}
-        )
+        return await self._call(WriteResponse, "POST", "/write", **_write_body(items, mode))
 
     async def read(
         self,
@@ -179,7 +236,7 @@ class AsyncMemoryTransitClient:
         reconstruct: bool = True,
     ) -> list[list[Hit]]:
         body = _read_body(queries, top_k, min_score, reconstruct)
-        return (await self._call(ReadResponse, "POST", "/read", json=body)).results
+        return (await self._call(ReadResponse, "POST", "/read", **body)).results
 
     async def stats(self) -> StatsResponse:
         return await self._call(StatsResponse, "GET", "/stats")
@@ -188,7 +245,10 @@ class AsyncMemoryTransitClient:
         return await self._call(SnapshotResponse, "POST", "/snapshot")
 
     async def get_slot(self, i: int) -> SlotResponse:
-        return await self._call(SlotResponse, "GET", f"/slots/{int(i)}")
+        return await self._call(SlotResponse, "GET", _slot(i))
 
     async def delete_slot(self, i: int) -> DeleteResponse:
-        return await self._call(DeleteResponse, "DELETE", f"/slots/{int(i)}")
+        return await self._call(DeleteResponse, "DELETE", _slot(i))
+
+    async def metrics(self) -> str:
+        return _check(await self._http.get("/metrics")).text

@@ -45,6 +45,20 @@ def server(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
             proc.wait(10)
 
 
+def server_env(port: int, weights: Path, snapshots: Path, **settings: str) -> dict[str, str]:
+    """The environment of a test server on 127.0.0.1:port; `settings` are more MT_* values."""
+    return {
+        **os.environ,
+        "MT_HOST": "127.0.0.1",
+        "MT_PORT": str(port),
+        "MT_WEIGHTS": str(weights),
+        "MT_SNAPSHOT_DIR": str(snapshots),
+        "MT_TORCH_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+        **{f"MT_{name.upper()}": value for name, value in settings.items()},
+    }
+
+
 def wait_ready(client: MemoryTransitClient, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 60
     while not client.ready():
@@ -55,17 +69,7 @@ def wait_ready(client: MemoryTransitClient, proc: subprocess.Popen[bytes], log: 
 
 def test_serve_snapshot_sigterm_restart(weights_file: Path, tmp_path: Path) -> None:
     port = free_port()
-    env = {
-        **os.environ,
-        "MT_HOST": "127.0.0.1",
-        "MT_PORT": str(port),
-        "MT_WEIGHTS": str(weights_file),
-        "MT_SNAPSHOT_DIR": str(tmp_path / "snapshots"),
-        "MT_CAPACITY": "128",
-        "MT_TORCH_THREADS": "1",
-        "MT_API_KEY": KEY,
-        "PYTHONPATH": str(REPO),
-    }
+    env = server_env(port, weights_file, tmp_path / "snapshots", capacity="128", api_key=KEY)
     log = tmp_path / "server.log"
     item = [(i % 8) / 8 for i in range(64)]
     url = f"http://127.0.0.1:{port}"
