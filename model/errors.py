@@ -55,6 +55,11 @@ class SnapshotError(MemoryTransitError, ValueError):
     """A bank snapshot that cannot be loaded: the message says which check failed."""
 
 
+class SnapshotMismatch(SnapshotError):
+    """A readable, intact snapshot made for another bank (model, capacity or m): a setting
+    that does not match existing data, never skipped as if the file were damaged."""
+
+
 class CheckpointError(MemoryTransitError, ValueError):
     """A weights file whose keys, shapes or config do not match the code."""
 

@@ -223,6 +223,10 @@ class CompiledCodec:
     def fingerprint(self) -> str:
         return self.model.fingerprint
 
+    @property
+    def code_scales(self) -> Tensor:
+        return self.model.code_scales
+
     @torch.no_grad()
     def encode(self, x: Tensor, refine_steps: int = 0, refine_lr: float = 0.02) -> Tensor:
         """Items (B, d) or (B, *shape) -> codes z_comp (B, m); see `IDRP.encode`."""

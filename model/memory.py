@@ -17,7 +17,9 @@ order, so slots and counts are exactly those of the same requests made one at a 
 the codes of the hits and decodes them once.
 
 The checks here are the in-process boundary: rows of d finite numbers, a write mode, top_k and
-min_score, and codes the bank can store. The messages name the request's item or query.
+min_score, and codes the bank can store: finite and within CODE_RANGE x the codec's training
+range, so that every stored code decodes to finite numbers. The messages name the request's
+item or query.
 Thread-safe: one lock guards the bank; encoding and decoding run outside it.
 """
 
@@ -37,8 +39,10 @@ from torch import Tensor
 from model.bank import MemoryBank, SlotView, WriteResult
 from model.errors import InvalidInput
 from model.ops import WRITE_MODES, Assign, Clear, Free, Op, combine
+from model.state import INT8_MAX
 
 __all__ = [
+    "CODE_RANGE",
     "Codec",
     "Hit",
     "IDRPMemory",
@@ -51,6 +55,11 @@ __all__ = [
 ]
 
 Rows = Sequence[Sequence[float]] | Tensor
+# A write stores codes up to this many times the codec's largest training code (per dimension,
+# `code_scales` * 127), in every bank dtype; an int8 bank saturates at 1x (its calibrated
+# range). Every shipped codec decodes codes up to 1000x that range to finite values
+# (tests/test_memory.py), so a stored code always has a finite reconstruction.
+CODE_RANGE = 4
 # The durability callback: log these operations (all or nothing) and return the position
 # after them (a WAL's LSN); raise, and nothing is applied.
 Log = Callable[[Sequence[Op]], int]
@@ -181,6 +190,12 @@ class IDRPMemory:
         self._log = log
         self._refine_steps = refine_steps
         self._lock = threading.Lock()
+        # The codes a write may store (CODE_RANGE x the largest |code| of the codec's training
+        # items, per dimension; None for a codec without code_scales)
+        scales = getattr(model, "code_scales", None)
+        self.code_limit = (
+            None if scales is None else scales.detach().float().cpu() * (INT8_MAX * CODE_RANGE)
+        )
 
     def _encode(self, x: Tensor) -> Tensor:
         if self._refine_steps:
@@ -230,6 +245,16 @@ class IDRPMemory:
                 f"item {bad} cannot be stored: its code is not finite (values far outside "
                 "the range the codec was trained on)"
             )
+        if self.code_limit is not None:
+            over = z.abs().cpu() > self.code_limit
+            if bool(over.any()):
+                i, j = (int(v) for v in over.nonzero()[0])
+                raise InvalidInput(
+                    f"item {i} cannot be stored: its code value {float(z[i, j]):.4g} in "
+                    f"dimension {j} is outside the codec's range (|z| <= "
+                    f"{float(self.code_limit[j]):.4g}, {CODE_RANGE}x the largest code of its "
+                    "training items): the item is far from what the codec was trained on"
+                )
         rows = combine(z, mode)
         try:
             self.bank.quant.quantise(rows)

@@ -99,8 +99,9 @@ def search(
     slot: (slots, scores, valid), each (B, k); valid is False where the slot is free or its
     exact score is below min_score (those entries sort last)."""
     _, cand = _candidates(qn, unit, mask, k, block)  # (B, k)
-    # Exact per-pair scores, independent of batch size and blocking.
-    scores = (qn.unsqueeze(1) * unit[cand]).sum(dim=2)  # (B, k)
+    # Exact per-pair scores, independent of batch size and blocking; a cosine of unit rows
+    # can round past +-1 (1.0000001): clipped, so a score is always in [-1, 1].
+    scores = (qn.unsqueeze(1) * unit[cand]).sum(dim=2).clamp_(-1.0, 1.0)  # (B, k)
     valid = occupied[cand]
     if min_score is not None:
         valid &= scores >= min_score

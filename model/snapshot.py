@@ -33,7 +33,7 @@ from torch import Tensor
 
 from model.bank import MemoryBank, as_int
 from model.durable import read_safetensors_header, tensor_sha256, write_safetensors
-from model.errors import SnapshotError
+from model.errors import SnapshotError, SnapshotMismatch
 from model.state import DTYPES, layout_problem, state_problem
 
 __all__ = ["FORMAT_VERSION", "RESERVED_METADATA", "SnapshotFile", "load", "save"]
@@ -147,9 +147,9 @@ def load(
     _check_metadata(p, meta, tensors, expected_fingerprint)
     ints = _metadata_ints(p, meta)
     if m is not None and ints["m"] != m:
-        raise SnapshotError(f"snapshot {p} has m={ints['m']}, expected m={m}")
+        raise SnapshotMismatch(f"snapshot {p} has m={ints['m']}, expected m={m}")
     if capacity is not None and ints["capacity"] != capacity:
-        raise SnapshotError(
+        raise SnapshotMismatch(
             f"snapshot {p} has capacity={ints['capacity']}, expected capacity={capacity}"
         )
     dtype = meta["dtype"]
@@ -178,7 +178,7 @@ def _check_metadata(
     if tensor_sha256(tensors) != meta["sha256"]:
         raise SnapshotError(f"snapshot {p}: content checksum mismatch")
     if fingerprint is not None and meta["fingerprint"] != fingerprint:
-        raise SnapshotError(
+        raise SnapshotMismatch(
             f"snapshot {p} was made by model {meta['fingerprint']}, expected {fingerprint}"
         )
 

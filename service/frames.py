@@ -50,12 +50,19 @@ MAX_DATA = MAX_PAYLOAD - _LSN.size
 
 
 class BadFrame(Exception):
-    """The bytes at an offset are not a valid frame (the reason in args[0])."""
+    """The bytes at an offset are not a valid frame (the reason in args[0]). complete: every
+    byte its length field names is there and the CRC fails, which a crash during an append
+    cannot leave (a killed append is short): damage, not a torn tail."""
+
+    def __init__(self, reason: str, complete: bool = False) -> None:
+        super().__init__(reason)
+        self.complete = complete
 
 
 class ScanStop(Exception):
-    """A scan stopped at byte `off` after lsn `prev`. torn: the frame itself is not valid
-    (what a crash leaves, when no valid frame follows); else a valid frame with a bad LSN."""
+    """A scan stopped at byte `off` after lsn `prev`. torn: the frame is short or its header
+    is not a frame's (what a crash leaves, when no valid frame follows); else damage: a whole
+    frame whose CRC fails, or a valid frame with a bad LSN."""
 
     def __init__(self, off: int, prev: int, reason: str, torn: bool) -> None:
         super().__init__(reason)
@@ -115,7 +122,7 @@ def frame_at(data: memoryview, off: int) -> tuple[memoryview, int]:
         raise BadFrame(f"short payload ({end - start} of {length} bytes)")
     payload = data[start : start + length]
     if zlib.crc32(payload, zlib.crc32(_U32.pack(length))) != crc:
-        raise BadFrame("CRC mismatch")
+        raise BadFrame("CRC mismatch", complete=True)
     return payload, start + length
 
 
@@ -126,7 +133,7 @@ def scan(data: memoryview, pos: int, prev: int) -> Iterator[tuple[int, int, memo
         try:
             payload, nxt = frame_at(data, pos)
         except BadFrame as bad:
-            raise ScanStop(pos, prev, str(bad), torn=True) from None
+            raise ScanStop(pos, prev, str(bad), torn=not bad.complete) from None
         if len(payload) < _LSN.size:
             raise ScanStop(pos, prev, f"payload of {len(payload)} bytes lacks an lsn", torn=False)
         (lsn,) = _LSN.unpack_from(payload)

@@ -27,7 +27,7 @@ from torch import Tensor
 from model import snapshot
 from model.bank import MemoryBank
 from model.durable import fsync_dir
-from model.errors import SnapshotError, os_error
+from model.errors import SnapshotError, SnapshotMismatch, os_error
 
 __all__ = ["LoadResult", "SnapshotInfo", "SnapshotStore", "snapshot_name"]
 
@@ -165,13 +165,16 @@ class SnapshotStore:
         """The newest snapshot that passes every check; None when there is no snapshot file.
 
         A bad file is skipped with a warning naming it and the reason, and the previous one is
-        tried; SnapshotError listing every file and its reason when none is valid.
+        tried; SnapshotError listing every file and its reason when none is valid, and its
+        subclass SnapshotMismatch when one of them was made for another bank (model, capacity,
+        m): then a setting differs from the saved bank, which no log replay may paper over.
         """
         self.remove_temp_files()
         files = self.files()
         if not files:
             return None
         skipped: list[tuple[Path, str]] = []
+        mismatch = False
         for lsn, path in files:
             t0 = time.perf_counter()
             try:
@@ -185,6 +188,7 @@ class SnapshotStore:
                         f"its file name (lsn {lsn})"
                     )
             except (SnapshotError, OSError) as e:
+                mismatch |= isinstance(e, SnapshotMismatch)
                 reason = str(e)
                 log.warning("skipping snapshot %s: %s", path.name, reason)
                 skipped.append((path, reason))
@@ -193,6 +197,5 @@ class SnapshotStore:
             info = SnapshotInfo(path, lsn, file.bytes, seconds, file.sha256, file.created_at)
             return LoadResult(bank=bank, info=info, lsn=lsn, skipped=skipped, metadata=meta)
         listing = "; ".join(f"{p.name}: {reason}" for p, reason in skipped)
-        raise SnapshotError(
-            f"none of the {len(files)} snapshot(s) in {self.directory} is valid: {listing}"
-        )
+        error = SnapshotMismatch if mismatch else SnapshotError
+        raise error(f"none of the {len(files)} snapshot(s) in {self.directory} is valid: {listing}")

@@ -8,11 +8,14 @@ of every byte is in service/frames.py. `base_lsn` keeps LSNs increasing across t
 written for one model are never replayed into a bank read by another. The header is only ever
 written whole (temp file, fsync, rename, fsync the folder).
 
-Opening checks the tag and every frame. A torn last frame (short, bad CRC, zeros) with no
-CRC-valid frame after it is what a crash during an append leaves: it is dropped with a warning
-and the file cut back. A bad frame with a CRC-valid frame after it is corruption, not a crash,
-as is a CRC-valid frame without an LSN or whose LSN does not increase: `WalCorruptError` names
-the byte offset and the last good LSN, and nothing is dropped (see `repair`).
+Opening checks the tag and every frame. A torn last frame (short, or zeros / no frame header)
+with no CRC-valid frame after it is what a crash during an append leaves: it is dropped with a
+warning and the file cut back (at once, or with cut_torn=False when the caller calls
+`cut_torn_tail`, after it has kept the bytes in `torn_tail`). Anything else is damage, not a
+crash: a whole frame whose CRC fails (a killed append is short, never complete and wrong), a
+bad frame with a CRC-valid frame after it, a CRC-valid frame without an LSN or whose LSN does
+not increase. `WalCorruptError` names the byte offset and the last good LSN, and nothing is
+dropped (see `repair`).
 
 `fsync`: "always" fdatasyncs before `append` returns; "everysec" from a thread once a second
 (a power loss can lose about a second; an fsync failure refuses later appends); "off" never
@@ -58,7 +61,12 @@ class WriteAheadLog:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, fsync: FsyncPolicy = "always", tag: str = ""
+        self,
+        path: str | os.PathLike[str],
+        *,
+        fsync: FsyncPolicy = "always",
+        tag: str = "",
+        cut_torn: bool = True,
     ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"expected fsync in {list(FSYNC_POLICIES)}, got {fsync!r}")
@@ -67,6 +75,10 @@ class WriteAheadLog:
         self.tag = tag
         self.warnings: list[str] = []  # what opening found and repaired (torn tail)
         self.created = False  # True when this call made a new, empty log
+        # cut_torn=False: a torn tail is found but left on disk until `cut_torn_tail` (the
+        # caller first decides whether to start at all, and keeps the bytes it cuts)
+        self._cut_torn = cut_torn
+        self.torn_tail: bytes | None = None
         self._lock = threading.RLock()
         self._truncate_lock = threading.Lock()
         self._failed: str | None = None  # set when the file may not hold what it should
@@ -114,6 +126,7 @@ class WriteAheadLog:
         self._lsns: list[int] = []
         self._offsets: list[int] = []
         self._end = len(data)
+        self._tail_cut = False
         try:
             for off, lsn, _ in frames.scan(data, pos, base):
                 self._lsns.append(lsn)
@@ -137,19 +150,33 @@ class WriteAheadLog:
             f"{self.path.name}: dropped a torn last record at byte {off} (after lsn {prev}): "
             f"{reason}; {len(data) - off} bytes cut"
         )
-        log.warning(msg)
         self.warnings.append(msg)
+        self.torn_tail = bytes(data[off:])
+        self._end = off
+        if self._cut_torn:
+            self.cut_torn_tail()
+
+    def cut_torn_tail(self) -> None:
+        """Cut the torn tail found at open (`torn_tail` holds its bytes) off the file: appends
+        are refused until then. Nothing to do when there is none or it is already cut."""
+        if self.torn_tail is None or self._tail_cut:
+            return
         try:
-            os.ftruncate(self._fd, off)
+            os.ftruncate(self._fd, self._end)
             os.fsync(self._fd)
         except OSError as e:
             raise os_error(f"cannot cut the torn tail of {self.path}", e) from e
-        self._end = off
+        self._tail_cut = True
+        log.warning("%s", self.warnings[-1])
 
     @property
     def last_lsn(self) -> int:
         """The LSN of the newest record (or the base LSN when the log holds none)."""
         return self._next - 1
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def base_lsn(self) -> int:
@@ -213,6 +240,10 @@ class WriteAheadLog:
     def _check_open(self) -> None:
         if self._closed:
             raise PersistenceError(f"the write-ahead log {self.path} is closed")
+        if self.torn_tail is not None and not self._tail_cut:
+            raise PersistenceError(
+                f"the write-ahead log {self.path} has a torn tail not cut yet (cut_torn_tail)"
+            )
         if self._failed is not None:
             raise PersistenceError(
                 f"the write-ahead log {self.path} refuses writes until restart: {self._failed}"

@@ -4,6 +4,7 @@ when that would lose data; allow_fresh moves the files aside."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -134,8 +135,9 @@ def assert_recovered(rec: Recovery, eng: Service) -> None:
 
 
 def crash(p: Persistence) -> None:
-    """Let go of the folder without a final snapshot (the WAL is already on disk)."""
-    p.close()
+    """Let go of the folder as kill -9 would: no final snapshot, no clean-stop record (the
+    WAL is already in the page cache)."""
+    p.close(clean=False)
 
 
 def test_fresh_folder_starts_empty(tmp_path: Path) -> None:
@@ -354,25 +356,199 @@ def test_torn_wal_tail_is_reported(tmp_path: Path) -> None:
     assert_recovered(rec2, eng)
 
 
-def test_missing_wal_starts_a_new_one_after_the_snapshot(tmp_path: Path) -> None:
+def files(folder: Path) -> dict[str, bytes]:
+    """Every file under the folder (quarantine included), by relative path, but LOCK."""
+    return {
+        str(f.relative_to(folder)): f.read_bytes()
+        for f in sorted(folder.rglob("*"))
+        if f.is_file() and f.name != "LOCK"
+    }
+
+
+def test_missing_wal_after_a_clean_stop_at_the_snapshot_loses_nothing(tmp_path: Path) -> None:
     p, rec = open_(tmp_path)
     eng = Service(p, rec)
     eng.workload(10)
     lsn = eng.snapshot()
-    crash(p)
+    p.close()  # clean stop: MANIFEST.json records clean_stop_lsn == the snapshot's lsn
     (tmp_path / "wal.log").unlink()
     p2, rec2 = open_(tmp_path)
-    assert any("wal.log was missing" in w for w in rec2.warnings)
+    assert any(
+        f"wal.log was missing; the last run stopped cleanly at lsn {lsn}" in w
+        for w in rec2.warnings
+    )
+    assert_same_memories(rec2.bank, eng.bank)
     assert p2.last_lsn == lsn and p2.log([Clear()]) == lsn + 1  # LSNs never go back
     p2.close()
+
+
+@pytest.mark.parametrize("stop", ["crash", "clean stop after more writes"])
+def test_missing_wal_that_may_have_held_writes_is_refused(tmp_path: Path, stop: str) -> None:
+    p, rec = open_(tmp_path)
+    eng = Service(p, rec)
+    eng.workload(10)
+    lsn = eng.snapshot()
+    eng.workload(5)  # acknowledged, only in the WAL
+    if stop == "crash":
+        crash(p)
+    else:
+        p.close()
+    (tmp_path / "wal.log").unlink()
+    before = files(tmp_path)
+    with pytest.raises(RecoveryError) as err:
+        open_(tmp_path)
+    clean = "no clean stop" if stop == "crash" else f"a clean stop at lsn {p.last_lsn}"
+    assert (
+        f"wal.log is missing and nothing proves that snapshot lsn {lsn} holds every "
+        f"acknowledged mutation (MANIFEST.json records {clean})"
+    ) in str(err.value)
+    assert files(tmp_path) == before  # nothing created, moved or changed
+
+
+def test_b1_damaged_snapshot_without_its_wal_is_refused_never_overwritten(
+    tmp_path: Path,
+) -> None:
+    # The probe's steps: write 5 items, stop cleanly, delete wal.log, flip one byte of the
+    # snapshot, start. It used to serve an empty bank and then overwrite the snapshot.
+    p, rec = open_(tmp_path)
+    eng = Service(p, rec)
+    for _ in range(5):
+        eng.write(1)
+    lsn = eng.snapshot()
+    p.close()
+    (tmp_path / "wal.log").unlink()
+    snap = tmp_path / snapshot_name(lsn)
+    data = bytearray(snap.read_bytes())
+    data[-3] ^= 0x01  # in the codes
+    snap.write_bytes(bytes(data))
+    before = files(tmp_path)
+    for _ in range(2):  # and again: a refused start changes nothing
+        with pytest.raises(RecoveryError) as err:
+            open_(tmp_path)
+        assert (
+            f"none of the 1 snapshot(s) in {tmp_path} is valid: {snap.name}: snapshot {snap}: "
+            "content checksum mismatch, and wal.log is missing"
+        ) in str(err.value)
+        assert files(tmp_path) == before
+
+
+def test_garbage_named_like_a_snapshot_without_a_wal_is_refused(tmp_path: Path) -> None:
+    (tmp_path / snapshot_name(7)).write_bytes(b"not a snapshot at all")
+    before = files(tmp_path)
+    with pytest.raises(RecoveryError, match="is truncated or not a safetensors file, and wal"):
+        open_(tmp_path)
+    assert files(tmp_path) == before
+
+
+def test_skipped_snapshots_and_torn_tails_are_kept_in_quarantine(tmp_path: Path) -> None:
+    p, rec = open_(tmp_path, keep=2)
+    eng = Service(p, rec)
+    eng.workload(10)
+    older = eng.snapshot()
+    eng.workload(10)
+    newest = eng.snapshot()
+    eng.workload(5)
+    crash(p)
+    damaged = tmp_path / snapshot_name(newest)
+    damaged.write_bytes(damaged.read_bytes()[:-10])
+    bad_snapshot = damaged.read_bytes()
+    tail = b"\xa7\x01\x40\x00\x00"  # the start of a record a crash interrupted
+    with open(tmp_path / "wal.log", "ab") as f:
+        f.write(tail)
+    p2, rec2 = open_(tmp_path, keep=2)
+    assert rec2.snapshot is not None and rec2.snapshot.lsn == older
+    assert_same_memories(rec2.bank, eng.bank)
+    (quarantine,) = tmp_path.glob("quarantine-*")
+    assert (quarantine / damaged.name).read_bytes() == bad_snapshot
+    assert (quarantine / "wal.log.torn-tail").read_bytes() == tail
+    assert not damaged.exists()
+    assert any(f"moved what recovery did not use to {quarantine}" in w for w in rec2.warnings)
+    # Later snapshots (even one at the damaged file's lsn) never touch the quarantined copy.
+    Service(p2, rec2).snapshot()
+    p2.close()
+    assert (quarantine / damaged.name).read_bytes() == bad_snapshot
+
+
+def test_wal_cut_short_after_a_clean_stop_is_refused(tmp_path: Path) -> None:
+    p, rec = open_(tmp_path)
+    eng = Service(p, rec)
+    eng.workload(12)
+    last = p.last_lsn
+    p.close()
+    wal = tmp_path / "wal.log"
+    data = memoryview(wal.read_bytes())
+    _, _, pos = frames.read_header("wal.log", data)
+    offsets = [off for off, _, _ in frames.scan(data, pos, 0)]
+    wal.write_bytes(data[: offsets[-2]])  # drop the last two records, whole frames
+    before = files(tmp_path)
+    with pytest.raises(RecoveryError) as err:
+        open_(tmp_path)
+    assert (
+        f"the last run stopped cleanly at lsn {last} (MANIFEST.json) but the files hold "
+        f"mutations up to lsn {last - 2}: {last - 1}..{last} are missing"
+    ) in str(err.value)
+    assert files(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (b"{not json", "MANIFEST.json is damaged"),
+        (b'{"format": 1}', "MANIFEST.json is damaged (checksum mismatch)"),
+    ],
+)
+def test_damaged_manifest_is_refused(tmp_path: Path, damage: bytes, message: str) -> None:
+    p, rec = open_(tmp_path)
+    Service(p, rec).workload(5)
+    p.close()
+    (tmp_path / "MANIFEST.json").write_bytes(damage)
+    before = files(tmp_path)
+    with pytest.raises(RecoveryError, match=re.escape(message)):
+        open_(tmp_path)
+    assert files(tmp_path) == before
+
+
+def test_another_model_or_m_against_the_folder_names_both_values(tmp_path: Path) -> None:
+    p, rec = open_(tmp_path)
+    Service(p, rec).workload(5)
+    p.close()
+    with pytest.raises(RecoveryError) as err:
+        Persistence(tmp_path).recover(make_bank(), fingerprint="model-b", capacity=CAP, m=M)
+    assert f"the folder holds a bank of model {FP}, the server loads model model-b" in str(
+        err.value
+    )
+    wide = lambda: MemoryBank(CAP, M + 1)  # noqa: E731
+    with pytest.raises(RecoveryError, match=f"the folder holds codes of m={M}, the model's m is 9"):
+        Persistence(tmp_path).recover(wide, fingerprint=FP, capacity=CAP, m=M + 1)
+
+
+def test_capacity_mismatch_without_a_manifest_is_refused_not_rebuilt(tmp_path: Path) -> None:
+    # The probe's second case: a smaller MT_CAPACITY skipped the snapshot and rebuilt from a
+    # WAL that goes back to lsn 0. An intact snapshot of another capacity is a setting to fix.
+    p, rec = open_(tmp_path, keep=3)
+    eng = Service(p, rec)
+    eng.workload(10)
+    eng.snapshot()  # one generation < keep: the WAL still starts at lsn 0
+    p.close()
+    (tmp_path / "MANIFEST.json").unlink()
+    before = files(tmp_path)
+    with pytest.raises(RecoveryError) as err:
+        Persistence(tmp_path).recover(make_bank(capacity=64), fingerprint=FP, capacity=64, m=M)
+    assert f"has capacity={CAP}, expected capacity=64" in str(err.value)
+    assert "(a setting that does not match the saved bank)" in str(err.value)
+    assert files(tmp_path) == before
 
 
 def test_one_process_per_folder(tmp_path: Path) -> None:
     p, _ = open_(tmp_path)
     with pytest.raises(Exception, match="another process is using the snapshot folder"):
         open_(tmp_path)
+    (tmp_path / "LOCK").unlink()  # by hand: the lock is the folder's, not the file's
+    with pytest.raises(Exception, match="another process is using the snapshot folder"):
+        open_(tmp_path)
     p.close()
     p2, _ = open_(tmp_path)  # released by close
+    assert (tmp_path / "LOCK").exists()
     p2.close()
 
 
@@ -459,6 +635,13 @@ def test_record_the_bank_cannot_take_is_refused_naming_its_lsn(tmp_path: Path) -
     p.log([Assign([CAP - 1], torch.ones(1, M))])
     p.close()
     small = Persistence(tmp_path)
+    with pytest.raises(RecoveryError) as err:
+        small.recover(make_bank(capacity=16), fingerprint=FP, capacity=16, m=M)
+    assert (
+        f"the folder holds a bank of capacity {CAP}, the server is set to capacity 16 (MT_CAPACITY)"
+    ) in str(err.value)
+    # Without the manifest, the record itself is what cannot be replayed.
+    (tmp_path / "MANIFEST.json").unlink()
     with pytest.raises(RecoveryError) as err:
         small.recover(make_bank(capacity=16), fingerprint=FP, capacity=16, m=M)
     assert (

@@ -219,18 +219,33 @@ def test_bit_flip_in_a_middle_record_is_corruption_naming_the_offset(tmp_path: P
             assert path.read_bytes() == bytes(bad)  # nothing dropped
 
 
-def test_bit_flip_in_the_last_record_is_dropped_as_torn(tmp_path: Path) -> None:
+def test_bit_flip_in_the_last_record_is_corruption_unless_it_looks_torn(tmp_path: Path) -> None:
+    # A killed append leaves a SHORT frame: a whole frame whose CRC fails is damage, refused.
+    # Only a flip that makes the frame look short (length grown) or not a frame (magic,
+    # version) is indistinguishable from a torn append: dropped, with a warning.
     src = tmp_path / "src.log"
     index = populate(src)
     data = src.read_bytes()
     path = tmp_path / "wal.log"
-    for pos in range(index[-1][1], len(data)):
+    last_off, head = index[-1][1], 10  # magic u8, version u8, length u32, crc u32
+    for pos in range(last_off, len(data)):
         bad = bytearray(data)
         bad[pos] ^= 0x10
         path.write_bytes(bytes(bad))
-        with WriteAheadLog(path, tag=FP) as w:
-            assert [lsn for lsn, _ in w.records()] == [1, 2, 3, 4]
-            assert len(w.warnings) == 1
+        if last_off + 2 <= pos < last_off + 6 and bad[pos] < data[pos]:  # length shrunk
+            looks_torn = False
+        else:
+            looks_torn = pos < last_off + 6  # magic, version, or a longer length
+        if looks_torn:
+            with WriteAheadLog(path, tag=FP) as w:
+                assert [lsn for lsn, _ in w.records()] == [1, 2, 3, 4], pos
+                assert len(w.warnings) == 1, pos
+        else:
+            with pytest.raises(WalCorruptError, match=f"bad record at byte {last_off}") as err:
+                WriteAheadLog(path, tag=FP)
+            if pos >= last_off + head:
+                assert str(err.value).endswith("CRC mismatch"), pos
+            assert path.read_bytes() == bytes(bad), pos  # nothing dropped
 
 
 def test_damaged_file_header_is_corruption(tmp_path: Path) -> None:
