@@ -1,7 +1,8 @@
 """IDRP weights as self-describing safetensors files (no pickle).
 
-The file holds the state dict; its metadata holds the IDRPConfig as JSON, the model name and
-free-form training facts. Loading rebuilds the model from that config and checks the keys and
+The file holds the state dict; its metadata holds the IDRPConfig as JSON, the model name, the
+shape of one item (e.g. [8, 8]: how a person looks at an item of d values) and free-form training
+facts. Loading rebuilds the model from that config and checks the keys and
 shapes strictly, so code and weights that drift apart fail loudly. `fingerprint` is a sha256 of
 the tensors (names, dtypes, shapes and bytes), stable across processes and machines: snapshots
 record it so that a bank is never decoded by a model that did not encode it.
@@ -10,7 +11,8 @@ record it so that a bank is never decoded by a model that did not encode it.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -35,10 +37,15 @@ def _state(model: IDRP) -> dict[str, Tensor]:
 
 
 def save_idrp(
-    model: IDRP, path: str | Path, *, name: str | None = None, info: Mapping[str, object] = {}
+    model: IDRP,
+    path: str | Path,
+    *,
+    name: str | None = None,
+    info: Mapping[str, object] = {},
+    shape: Sequence[int] | None = None,
 ) -> str:
     """Write model to path atomically (tmp + fsync + rename + fsync the folder); return its
-    fingerprint."""
+    fingerprint. `shape`: one item's shape (its product is d), stored as metadata "shape"."""
     path = Path(path)
     state = _state(model)
     metadata = {
@@ -47,6 +54,11 @@ def save_idrp(
         "name": name or path.name.removesuffix(".safetensors"),
         "info": json.dumps(dict(info), sort_keys=True),
     }
+    if shape is not None:
+        dims = [int(n) for n in shape]
+        if math.prod(dims) != model.config.d or min(dims, default=0) < 1:
+            raise ValueError(f"expected an item shape with d={model.config.d} values, got {dims}")
+        metadata["shape"] = json.dumps(dims)
     write_safetensors(path, state, metadata)
     return fingerprint(state)
 
@@ -62,6 +74,26 @@ def read_metadata(path: str | Path) -> dict[str, str]:
             f"weights file {path} is not a readable safetensors file: bad or truncated header"
         )
     return dict(header.get("__metadata__", {}))
+
+
+def item_shape(meta: Mapping[str, str], d: int) -> tuple[int, ...]:
+    """One item's shape from a weights file's metadata (`read_metadata`): its "shape" when
+    present and of d values; else, for files saved before the shape was stored, (s, s) when d is
+    a perfect square s * s (the image codecs: 8x8 digits, 28x28 MNIST) and the training facts
+    name no text embedder; else (d,)."""
+    try:
+        dims = tuple(int(n) for n in json.loads(meta["shape"]))
+        if math.prod(dims) == d and min(dims, default=0) >= 1:
+            return dims
+    except (KeyError, ValueError, TypeError):
+        pass
+    try:
+        info = json.loads(meta.get("info", "{}"))
+    except ValueError:
+        info = {}
+    side = math.isqrt(d)
+    text = isinstance(info, dict) and "embedder" in info
+    return (side, side) if side * side == d and d > 1 and not text else (d,)
 
 
 def load_idrp(path: str | Path, device: str | torch.device = "cpu") -> IDRP:

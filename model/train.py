@@ -230,7 +230,7 @@ def train(args: argparse.Namespace) -> Path:
         "torch": torch.__version__,
         "command": "python -m model.train " + shlex.join(args.argv),
     }
-    fp = save_idrp(model, out, name=name, info=info)
+    fp = save_idrp(model, out, name=name, info=info, shape=split.shape)
     print(json.dumps({"weights": str(out), "fingerprint": fp, **info}, indent=2))
     return out
 
