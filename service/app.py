@@ -1,5 +1,6 @@
 """The HTTP shell: `create_app(settings) -> FastAPI` assembles the app (lifespan, state,
-middleware, error handlers, routers); the routes live in service/routes/ (memory.py, ops.py),
+middleware, error handlers, routers); the routes live in service/routes/ (memory.py, ops.py;
+ui.py: the offline /docs and /redoc, and the bank's web page /ui),
 the dependencies they declare in service/deps.py, and each route validates, calls the engine and
 shapes the answer; nothing else.
 
@@ -32,7 +33,7 @@ from service.auth import AUTH_DOC, key_schemes
 from service.engine import Engine
 from service.errors import BodyLimitMiddleware, install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import memory, ops
+from service.routes import memory, ops, ui
 from service.schemas import RequestModels, request_models
 from service.settings import Settings, get_settings
 
@@ -100,6 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Runtime memory: IDRP codes in a bank, found by cosine similarity.",
         description=AUTH_DOC,
         lifespan=_lifespan,
+        docs_url=None,  # FastAPI's pages load their assets from a CDN: ui.install serves ours
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.models = models = request_models(
@@ -113,5 +116,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.probes)  # no key needed
     app.include_router(memory.router, dependencies=keys)
     app.include_router(ops.router, dependencies=keys)
+    ui.install(app)  # /docs, /redoc, /ui and their files: no key needed
     app.openapi = _openapi(app, models)  # type: ignore[method-assign]
     return app

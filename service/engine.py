@@ -408,3 +408,12 @@ class Engine:
             f"{rec.replayed} WAL records, {len(rec.warnings)} warning(s), "
             f"started {datetime.now(UTC).isoformat(timespec='seconds')}"
         )
+
+    # ------------------------------------------------------------------ inspection
+
+    async def inspect(self, look: Callable[[MemoryBank], T]) -> T:
+        """look(bank) on the torch thread, between batches, for read-only views (the slot
+        listing and the next eviction of GET /slots and /evictions/next): `look` must not
+        change the bank; it counts no access and logs nothing."""
+        self._check_ready()
+        return await self._run(look, self._memory().bank)

@@ -354,3 +354,52 @@ class ErrorResponse(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"detail": "item 0: expected 64 values per item, got 63"}]}
     )
+
+
+# ---------------------------------------------------------------- read-only views (GET /ui)
+
+SlotOrder = Literal["slot", "count", "recent"]
+
+
+class SlotSummary(BaseModel):
+    slot: int
+    count: int
+    last_write: int = Field(description="Bank tick of the slot's last write.")
+    last_access: int = Field(description="Bank tick of the slot's last read hit (0 = never).")
+
+
+class SlotListResponse(BaseModel):
+    total: int = Field(description="Occupied slots in the bank (every page's total).")
+    offset: int
+    limit: int
+    order: SlotOrder = Field(
+        description="slot: ascending slot; count: most accessed first; recent: most recently "
+        "touched (max of last_write, last_access) first; ties by ascending slot."
+    )
+    tick: int = Field(description="The bank's tick when the page was taken.")
+    slots: list[SlotSummary]
+
+
+class EvictionResponse(BaseModel):
+    n: int = Field(description="Rows of the write this plan is for.")
+    slots: list[int] = Field(description="The slots a write of n rows would take, in row order.")
+    evicted: list[int] = Field(description="Which of those hold a code now (would be evicted).")
+    next: SlotSummary | None = Field(
+        description="The first slot of `evicted` with its counters (null: no eviction, the "
+        "write takes free slots)."
+    )
+
+
+CodecKind = Literal["image", "text", "vector"]
+
+
+class CodecResponse(BaseModel):
+    model: str
+    fingerprint: str
+    d: int
+    m: int
+    shape: list[int] = Field(description="One item's shape (product d), e.g. [8, 8].")
+    kind: CodecKind = Field(
+        description="image: 2-D items drawn as grey images (values in [0, 1]); text: sentence "
+        "embeddings of a text codec; vector: anything else."
+    )
