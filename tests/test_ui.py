@@ -150,7 +150,6 @@ def test_codec_shape_stored(make_settings: Callable[..., Settings], tmp_path: Pa
     [
         ("digits-m16", (8, 8)),
         ("mnist-m16", (28, 28)),
-        ("minilm-bible-m16", (384,)),
     ],
 )
 def test_item_shape_of_shipped_weights(weights: str, shape: tuple[int, ...]) -> None:
@@ -165,7 +164,8 @@ def test_item_shape_fallbacks() -> None:
     assert item_shape({}, 784) == (28, 28)
     assert item_shape({}, 100) == (10, 10)
     assert item_shape({}, 96) == (96,)
-    assert item_shape({"info": json.dumps({"embedder": {"dim": 64}})}, 64) == (64,)
+    assert item_shape({"info": json.dumps({"embedder": {"dim": 64}})}, 64) == (64,)  # text
+    assert item_shape({"info": json.dumps({"embedder": {"dim": 384}})}, 384) == (384,)
     assert item_shape({"shape": "[2, 32]"}, 64) == (2, 32)
     assert item_shape({"shape": "[3, 3]"}, 64) == (8, 8)  # not d values: ignored
     assert item_shape({"shape": "junk", "info": "junk"}, 64) == (8, 8)
