@@ -34,8 +34,15 @@ OPERATIONS = [
     ("GET", "/slots/{i}"),
     ("DELETE", "/slots/{i}"),
     ("GET", "/metrics"),
+    ("GET", "/codec"),
+    ("GET", "/slots"),
+    ("GET", "/evictions/next"),
 ]
-WITH_INPUT = [op for op in OPERATIONS if op[1] in ("/write", "/read", "/slots/{i}")]
+WITH_INPUT = [
+    op
+    for op in OPERATIONS
+    if op[1] in ("/write", "/read", "/slots/{i}", "/slots", "/evictions/next")
+]
 CASES = [(*op, GenerationMode.POSITIVE) for op in OPERATIONS] + [
     (*op, GenerationMode.NEGATIVE)
     for op in WITH_INPUT  # no input, nothing to make invalid
