@@ -33,9 +33,10 @@ from torch import Tensor
 
 from model import lfu
 from model.errors import SlotNotFound
-from model.ops import Assign, Free, Op, combine
+from model.ops import Assign, Clear, Forget, Free, Op, Pin, combine
 from model.quant import Quantiser
 from model.search import all_finite, rank_in_order, search, unit_rows
+from model.slots import DEFAULT_NAMESPACE, META_KEYS, SlotMeta, check_namespace
 from model.state import COUNTER_NAMES, DTYPES, state_problem
 
 __all__ = [
@@ -79,8 +80,9 @@ class WriteResult:
 
 @dataclass(frozen=True)
 class SlotView:
-    """One occupied slot: its counters, its dequantised code (m,) float32 and, from the memory
-    loop, the code decoded (d,) float32 (None from the bank, which holds no codec)."""
+    """One occupied slot: its counters, its dequantised code (m,) float32, its namespace, pin
+    and record (model/slots.py) and, from the memory loop, the code decoded (d,) float32
+    (None from the bank, which holds no codec)."""
 
     slot: int
     count: int
@@ -88,6 +90,9 @@ class SlotView:
     last_access: int
     code: Tensor
     reconstruction: Tensor | None = None
+    namespace: str = DEFAULT_NAMESPACE
+    pinned: bool = False
+    record: bytes | None = None
 
 
 def as_int(value: object, name: str, minimum: int) -> int:
@@ -143,8 +148,10 @@ class MemoryBank:
         scales: Tensor | Sequence[float] | None = None,
         initial_count: int = 0,
         decay_ticks: int = 0,
+        namespace_quota: int = 0,
     ) -> None:
         self._configure(capacity, m, device, dtype, scales, initial_count, decay_ticks)
+        self.namespace_quota = as_int(namespace_quota, "namespace_quota", 0)
         self._allocate()
 
     @classmethod
@@ -166,6 +173,7 @@ class MemoryBank:
         # A placeholder scale passes the int8 check; the real one comes with the state.
         scales = torch.ones(codes.shape[1]) if dtype == "int8" else None
         bank._configure(codes.shape[0], codes.shape[1], device, dtype, scales, initial_count, 0)
+        bank.namespace_quota = 0
         bank._adopt(state, copy=False)
         return bank
 
@@ -200,6 +208,7 @@ class MemoryBank:
         self._unit = torch.zeros(n, self.m, dtype=torch.float32, device=dev)
         self._mask = torch.full((n,), -math.inf, dtype=torch.float32, device=dev)
         self._blocks: list[Tensor] = []  # the reused (B * rows) score buffer, once made
+        self.meta = SlotMeta(n, dev)
 
     # ------------------------------------------------------------------ checks of its contract
 
@@ -258,6 +267,7 @@ class MemoryBank:
         queries: Tensor | Sequence[Sequence[float]],
         top_k: int = 1,
         min_score: float | None = None,
+        namespace: str | None = None,
     ) -> ReadResult:
         """The top_k occupied slots by cosine to each query (B, m), best first; counts accesses.
 
@@ -266,6 +276,7 @@ class MemoryBank:
         sees the hits of queries < i), so a batch answers exactly like B single reads. Entries
         whose score is below min_score are not hits (slot -1, nothing counted); a query with no
         hit is a miss. An empty bank answers all misses. reads += B, hits/misses per query.
+        namespace: search only that namespace's slots (an unknown one: all misses).
         """
         q = self.check_codes(queries, "queries")  # (B, m)
         k = as_int(top_k, "top_k", 1)
@@ -277,8 +288,12 @@ class MemoryBank:
                 raise ValueError(f"expected a finite min_score, got {min_score}")
         b, dev = q.shape[0], self.device
         kk = min(k, self.capacity)
+        mask, occupied = self._mask, self.occupied
+        if namespace is not None:
+            occupied = self.meta.in_namespace(namespace, self.occupied)
+            mask = torch.where(occupied, 0.0, -math.inf).to(torch.float32)
         cand, scores, valid = search(
-            unit_rows(q), self._unit, self._mask, self.occupied, kk, min_score, self._blocks
+            unit_rows(q), self._unit, mask, occupied, kk, min_score, self._blocks
         )
         slots = torch.full((b, k), -1, dtype=torch.int64, device=dev)
         out_scores = torch.zeros((b, k), dtype=torch.float32, device=dev)
@@ -313,31 +328,54 @@ class MemoryBank:
             self.tick,
             self.initial_count,
             self.decay_ticks,
+            self.meta.pinned,
         )
 
     def choose_slots(self, n: int) -> lfu.Plan:
         """Slots for n new codes, and which of them are occupied now (to be evicted). Pure
-        (model/lfu.py). n > capacity -> ValueError."""
+        (model/lfu.py). n > capacity -> ValueError; too few unpinned slots -> BankFull."""
         n = as_int(n, "n", 0)
         if n > self.capacity:
             raise ValueError(f"expected n <= capacity={self.capacity}, got n={n}")
-        return lfu.choose(n, self._policy())
+        return self.plan_writes([n])[0]
 
-    def plan_writes(self, sizes: Sequence[int]) -> list[lfu.Plan]:
-        """(slots, evicted) for consecutive writes of these sizes, exactly what choose_slots(n)
-        then assign(slots, ...) for each in turn would give, without changing anything."""
+    def plan_writes(
+        self,
+        sizes: Sequence[int],
+        namespaces: Sequence[str] | None = None,
+        pins: Sequence[bool] | None = None,
+    ) -> list[lfu.Plan]:
+        """(slots, evicted) for consecutive writes of these sizes (into these namespaces, to be
+        pinned or not), exactly what assigning each in turn would give, without changing
+        anything. Pinned slots are never chosen; with `namespace_quota` a write beyond its
+        namespace's quota replaces that namespace's own LFU slots (model/lfu.py)."""
         sizes = [as_int(n, "n", 0) for n in sizes]
         if any(n > self.capacity for n in sizes):
             raise ValueError(f"expected sizes <= capacity={self.capacity}, got {sizes}")
+        namespaces = list(namespaces or [DEFAULT_NAMESPACE] * len(sizes))
+        pins = list(pins or [False] * len(sizes))
+        if self.namespace_quota or bool(self.meta.pinned.any()) or any(pins):
+            ids = [self.meta.id_of(ns) for ns in namespaces]
+            ns_ids = [-1 - i if v is None else v for i, v in enumerate(ids)]  # new: unique
+            return lfu.plan_each(
+                sizes, self._policy(), self.meta.namespace, ns_ids, pins, self.namespace_quota
+            )
         return lfu.plan(sizes, self._policy())
 
     def assign(
-        self, slots: Sequence[int] | Tensor, codes: Tensor | Sequence[Sequence[float]]
+        self,
+        slots: Sequence[int] | Tensor,
+        codes: Tensor | Sequence[Sequence[float]],
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        records: Sequence[bytes | None] | None = None,
+        pinned: bool = False,
     ) -> None:
-        """Store codes (n, m) float32 in these distinct slots (replay-safe: a log replays this).
+        """Store codes (n, m) float32 in these distinct slots (replay-safe: a log replays this),
+        in `namespace`, pinned or not, with one record per slot (or none).
 
         occupied = True, count = initial_count, last_write = the new tick, last_access = 0;
-        writes += n, evictions += how many of the slots were occupied before. Slots and codes are
+        writes += n, evictions += how many of the slots were occupied before. Everything is
         checked before anything changes."""
         idx = torch.as_tensor(slots).detach()
         if idx.dim() != 1 or (idx.numel() and (idx.is_floating_point() or idx.dtype == torch.bool)):
@@ -346,11 +384,10 @@ class MemoryBank:
         z = self.check_codes(codes)
         if z.shape[0] != idx.numel():
             raise ValueError(f"expected one code per slot ({idx.numel()}), got {z.shape[0]} codes")
-        bad = idx[(idx < 0) | (idx >= self.capacity)]
-        if bad.numel():
-            raise ValueError(f"expected slots in [0, {self.capacity}), got {bad.tolist()}")
-        if torch.unique(idx).numel() != idx.numel():
-            raise ValueError(f"expected distinct slots, got {idx.tolist()}")
+        self._check_slots(idx)
+        check_namespace(namespace)
+        if records is not None and len(records) != idx.numel():
+            raise ValueError(f"expected one record per slot ({idx.numel()}), got {len(records)}")
         stored = self.quant.quantise(z)  # validates before any mutation
         self.tick += 1
         self.evictions += int(self.occupied[idx].sum().item())
@@ -362,6 +399,14 @@ class MemoryBank:
         self.last_access[idx] = 0
         self._unit[idx] = unit_rows(self.quant.dequantise(stored))
         self._mask[idx] = 0.0
+        self.meta.set(idx, namespace, records, pinned)
+
+    def _check_slots(self, idx: Tensor) -> None:
+        bad = idx[(idx < 0) | (idx >= self.capacity)]
+        if bad.numel():
+            raise ValueError(f"expected slots in [0, {self.capacity}), got {bad.tolist()}")
+        if torch.unique(idx).numel() != idx.numel():
+            raise ValueError(f"expected distinct slots, got {idx.tolist()}")
 
     def write(self, codes: Tensor | Sequence[Sequence[float]], mode: str = "mean") -> WriteResult:
         """Store codes (B, m): "mean" -> one slot with the batch's mean code (the paper's write),
@@ -374,16 +419,24 @@ class MemoryBank:
     def apply(self, op: Op) -> None:
         """Carry out one logged operation (the memory loop's, or a log's on replay)."""
         if isinstance(op, Assign):
-            self.assign(op.slots, op.codes)
+            self.assign(
+                op.slots, op.codes, namespace=op.namespace, records=op.records, pinned=op.pinned
+            )
         elif isinstance(op, Free):
             self.delete(op.slot)
-        else:
+        elif isinstance(op, Forget):
+            self.forget(op.slots)
+        elif isinstance(op, Pin):
+            self.pin(op.slots, op.pinned)
+        elif isinstance(op, Clear):
             self.clear()
+        else:
+            raise ValueError(f"expected a bank operation, got {op!r}")
 
     # ------------------------------------------------------------------ slots
 
     def get(self, slot: SupportsIndex) -> SlotView:
-        """The slot's dequantised code and counters (does not count as an access)."""
+        """The slot's dequantised code, counters, namespace, pin and record (not an access)."""
         s = self._check_slot(slot)
         return SlotView(
             slot=s,
@@ -391,10 +444,17 @@ class MemoryBank:
             last_write=int(self.last_write[s]),
             last_access=int(self.last_access[s]),
             code=self.quant.dequantise(self.codes[s : s + 1])[0].clone(),
+            namespace=self.meta.names[int(self.meta.namespace[s])],
+            pinned=bool(self.meta.pinned[s]),
+            record=self.meta.records[s],
         )
 
     def codes_at(self, slots: Tensor | Sequence[int]) -> Tensor:
         """Dequantised float32 codes (n, m) of occupied slots (n,); SlotNotFound otherwise."""
+        idx = self._occupied_index(slots)
+        return self.quant.dequantise(self.codes[idx])
+
+    def _occupied_index(self, slots: Tensor | Sequence[int]) -> Tensor:
         idx = torch.as_tensor(slots, dtype=torch.int64).detach().to(self.device).reshape(-1)
         bad = idx[(idx < 0) | (idx >= self.capacity)]
         if bad.numel():
@@ -402,7 +462,15 @@ class MemoryBank:
         free = idx[~self.occupied[idx]]
         if free.numel():
             raise SlotNotFound(f"slot {int(free[0])} is not occupied")
-        return self.quant.dequantise(self.codes[idx])
+        return idx
+
+    def records_at(self, slots: Sequence[int]) -> list[bytes | None]:
+        """The records of these slots (-1: None), as stored."""
+        return [None if s < 0 else self.meta.records[s] for s in slots]
+
+    def namespace_slots(self, namespace: str) -> list[int]:
+        """The occupied slots of a namespace, ascending ([] when it has none)."""
+        return torch.nonzero(self.meta.in_namespace(namespace, self.occupied)).squeeze(1).tolist()
 
     def check_occupied(self, slot: SupportsIndex) -> int:
         """The slot as an int when it is occupied; SlotNotFound (or ValueError) otherwise."""
@@ -413,6 +481,17 @@ class MemoryBank:
         s = self._check_slot(slot)
         self.tick += 1
         self._free(torch.tensor([s], device=self.device))
+
+    def forget(self, slots: Sequence[int]) -> None:
+        """Free these occupied slots at once (one tick); SlotNotFound before any change."""
+        idx = self._occupied_index(slots)
+        self._check_slots(idx)
+        self.tick += 1
+        self._free(idx)
+
+    def pin(self, slots: Sequence[int], pinned: bool) -> None:
+        """Pin (never evicted) or unpin these occupied slots; no tick, no counter."""
+        self.meta.pin(self._occupied_index(slots), bool(pinned))
 
     def clear(self) -> None:
         """Free every slot. The lifetime counters (reads, hits, ..., tick) keep running."""
@@ -427,12 +506,15 @@ class MemoryBank:
         self.last_access[idx] = 0
         self._unit[idx] = 0.0
         self._mask[idx] = -math.inf
+        self.meta.free(idx)
 
     # ------------------------------------------------------------------ stats
 
     def stats(self) -> dict[str, Any]:
         """Counters and occupancy. count_* are over occupied slots (0 when the bank is empty);
-        bytes = the state tensors, cache_bytes = the float32 read cache on top of them."""
+        bytes = the code and counter tensors, cache_bytes = the float32 read cache on top of
+        them, meta_bytes = namespaces, pins and records (model/slots.py); namespaces = per
+        namespace with a slot: used, pinned, count_sum."""
         occ = self.counts[self.occupied]
         used = int(occ.numel())
         cache = [self._unit, self._mask, *self._blocks]
@@ -450,8 +532,10 @@ class MemoryBank:
             "count_max": int(occ.max()) if used else 0,
             "count_sum": int(occ.sum()),
             "dtype": self.dtype,
-            "bytes": sum(t.numel() * t.element_size() for t in self.state_tensors().values()),
+            "bytes": sum(t.numel() * t.element_size() for t in self._core_tensors().values()),
             "cache_bytes": sum(t.numel() * t.element_size() for t in cache),
+            "meta_bytes": self.meta.nbytes(),
+            "namespaces": self.meta.stats(self.occupied, self.counts),
             "initial_count": self.initial_count,
             "tick": self.tick,
         }
@@ -459,7 +543,11 @@ class MemoryBank:
     # ------------------------------------------------------------------ state
 
     def state_tensors(self) -> dict[str, Tensor]:
-        """The state without copies (read-only use: a snapshot of a bank nobody mutates)."""
+        """The state without copies of the codes and counters (read-only use: a snapshot of a
+        bank nobody mutates), the slot metadata's tensors (model/slots.py) with it."""
+        return {**self._core_tensors(), **self.meta.state_tensors()}
+
+    def _core_tensors(self) -> dict[str, Tensor]:
         counters = [getattr(self, name) for name in COUNTER_NAMES]
         state = {
             "codes": self.codes,
@@ -474,7 +562,9 @@ class MemoryBank:
         return state
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Copies of the state tensors; "counters" is int64 (6,) in `COUNTER_NAMES` order."""
+        """Copies of the state tensors; "counters" is int64 (6,) in `COUNTER_NAMES` order. A
+        state without the metadata tensors (older snapshots) loads as all "default", unpinned,
+        without records."""
         return {k: v.detach().clone() for k, v in self.state_tensors().items()}
 
     def load_state_dict(self, state: Mapping[str, Tensor], *, copy: bool = True) -> None:
@@ -487,7 +577,11 @@ class MemoryBank:
 
     def _adopt(self, state: Mapping[str, Tensor], *, copy: bool) -> None:
         dev = self.device
-        adopt = {k: (v.detach().clone() if copy else v).to(dev) for k, v in state.items()}
+        adopt = {
+            k: (v.detach().clone() if copy else v).to(dev)
+            for k, v in state.items()
+            if k not in META_KEYS
+        }
         self.codes, self.counts = adopt["codes"], adopt["counts"]
         self.occupied = adopt["occupied"]
         self.last_write, self.last_access = adopt["last_write"], adopt["last_access"]
@@ -498,3 +592,6 @@ class MemoryBank:
         self._unit = unit_rows(self.quant.dequantise(self.codes))  # free slots hold zero codes
         self._mask = torch.where(self.occupied, 0.0, -math.inf).to(torch.float32)
         self._blocks = []
+        self.meta = SlotMeta(self.capacity, dev)
+        if META_KEYS[0] in state:
+            self.meta.adopt(state, copy=copy)

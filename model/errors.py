@@ -51,6 +51,18 @@ class SlotNotFound(MemoryTransitError, KeyError):
         return str(self.args[0]) if self.args else "slot not found"
 
 
+class BankFull(MemoryTransitError):
+    """A write needs more slots than are free or evictable (the others are pinned, or the
+    namespace at its quota has too few unpinned slots): nothing was written."""
+
+
+class NamespaceNotFound(MemoryTransitError, KeyError):
+    """A namespace that holds no slot."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "namespace not found"
+
+
 class SnapshotError(MemoryTransitError, ValueError):
     """A bank snapshot that cannot be loaded: the message says which check failed."""
 

@@ -29,7 +29,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["Plan", "Policy", "choose", "plan"]
+from model.errors import BankFull
+
+__all__ = ["Plan", "Policy", "choose", "plan", "plan_each"]
 
 
 class Policy(NamedTuple):
@@ -42,6 +44,7 @@ class Policy(NamedTuple):
     tick: int
     initial_count: int
     decay_ticks: int
+    pinned: Tensor | None = None  # never chosen for eviction
 
 
 class Plan(NamedTuple):
@@ -60,14 +63,25 @@ def aged(counts: Tensor, touched: Tensor, tick: int, decay_ticks: int) -> Tensor
     return counts >> halvings
 
 
-def choose(n: int, p: Policy) -> Plan:
-    """Slots for n new codes (n <= capacity, checked by callers): free first, then LFU."""
-    free = torch.nonzero(~p.occupied).squeeze(1)  # ascending
+def choose(n: int, p: Policy, within: Tensor | None = None, use_free: bool = True) -> Plan:
+    """Slots for n new codes (n <= capacity, checked by callers): free first (use_free), then
+    the LFU occupied slots that are not pinned (and, given `within`, among those slots only).
+    BankFull when there are not enough."""
+    free = torch.nonzero(~p.occupied).squeeze(1) if use_free else p.occupied[:0].long()
     chosen = free[:n].tolist()
     need = n - len(chosen)
     if need == 0:
         return Plan(chosen, [])
-    cand = torch.nonzero(p.occupied).squeeze(1)  # (U,), ascending slot
+    evictable = p.occupied if p.pinned is None else p.occupied & ~p.pinned
+    if within is not None:
+        evictable = evictable & within
+    cand = torch.nonzero(evictable).squeeze(1)  # (U,), ascending slot
+    if cand.numel() < need:
+        where = " of the namespace, at its quota," if within is not None else ""
+        raise BankFull(
+            f"a write of {n} needs {need} slot(s) to evict but only {cand.numel()}{where} are "
+            "not pinned: unpin or delete slots first"
+        )
     touched = torch.maximum(p.last_write[cand], p.last_access[cand])
     count = aged(p.counts[cand], touched, p.tick, p.decay_ticks)
     # Select the `need` smallest (count, touched, slot) in O(U): threshold on count, then
@@ -138,17 +152,51 @@ def plan(sizes: Sequence[int], p: Policy) -> list[Plan]:
 
 
 def _plan_aged(sizes: Sequence[int], p: Policy) -> list[Plan]:
+    return plan_each(sizes, p, None, [0] * len(sizes), [False] * len(sizes), 0)
+
+
+def plan_each(
+    sizes: Sequence[int],
+    p: Policy,
+    namespace: Tensor | None,
+    ns_ids: Sequence[int],
+    pins: Sequence[bool],
+    quota: int,
+) -> list[Plan]:
+    """Plans for consecutive writes, each chosen on a copy of the state that the writes before
+    it changed: the general path (aging, pinned slots, namespace quotas), one pass per write.
+
+    Write i goes into namespace ns_ids[i] (namespace: the slots' ids, None when there are no
+    quotas) and pins its slots when pins[i]. With quota > 0 a write may take free or LFU slots
+    only while its namespace holds fewer than `quota` slots; beyond that it replaces the
+    namespace's own LFU slots ("LFU within the quota"). BankFull when a write cannot be placed.
+    """
     occupied, counts = p.occupied.clone(), p.counts.clone()
     last_write, last_access = p.last_write.clone(), p.last_access.clone()
+    pinned = p.pinned.clone() if p.pinned is not None else torch.zeros_like(occupied)
+    ns = namespace.clone() if namespace is not None else None
     tick, plans = p.tick, []
-    for n in sizes:
+    for n, ns_id, pin in zip(sizes, ns_ids, pins, strict=True):
         step = Policy(
-            occupied, counts, last_write, last_access, tick, p.initial_count, p.decay_ticks
+            occupied, counts, last_write, last_access, tick, p.initial_count, p.decay_ticks, pinned
         )
-        chosen = choose(n, step)
-        idx = torch.tensor(chosen.slots, dtype=torch.int64, device=occupied.device)
+        own = (ns == ns_id) & occupied if ns is not None else None
+        open_ = n if not quota or own is None else min(n, max(0, quota - int(own.sum())))
+        first = choose(open_, step)
+        slots, evicted = list(first.slots), list(first.evicted)
+        if open_ < n:  # beyond the quota: the namespace's own LFU slots, not these new ones
+            assert own is not None
+            busy = torch.zeros_like(occupied)
+            busy[torch.tensor(slots, dtype=torch.int64, device=occupied.device)] = True
+            rest = choose(n - open_, step, within=own & ~busy, use_free=False)
+            slots += rest.slots
+            evicted += rest.evicted
+        idx = torch.tensor(slots, dtype=torch.int64, device=occupied.device)
         tick += 1  # as storing does
         occupied[idx], counts[idx] = True, p.initial_count
         last_write[idx], last_access[idx] = tick, 0
-        plans.append(chosen)
+        pinned[idx] = pin
+        if ns is not None:
+            ns[idx] = ns_id
+        plans.append(Plan(slots, evicted))
     return plans

@@ -25,6 +25,7 @@ Thread-safe: one lock guards the bank; encoding and decoding run outside it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -37,8 +38,10 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 from model.bank import MemoryBank, SlotView, WriteResult
-from model.errors import InvalidInput
-from model.ops import WRITE_MODES, Assign, Clear, Free, Op, combine
+from model.errors import BankFull, InvalidInput, NamespaceNotFound
+from model.lfu import Plan
+from model.ops import WRITE_MODES, Assign, Clear, Forget, Free, Op, Pin, combine
+from model.slots import DEFAULT_NAMESPACE, check_namespace
 from model.state import INT8_MAX
 
 __all__ = [
@@ -86,10 +89,14 @@ class Codec(Protocol):
 
 @dataclass(frozen=True)
 class Write:
-    """One write request: items (B, d); "mean" -> one slot, "each" -> one slot per item."""
+    """One write request: items (B, d); "mean" -> one slot, "each" -> one slot per item; in a
+    namespace, pinned or not, with one opaque record per stored slot (model/slots.py)."""
 
     items: Rows
     mode: str = "mean"
+    namespace: str = DEFAULT_NAMESPACE
+    records: Sequence[bytes | None] | None = None
+    pinned: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,7 @@ class Read:
     top_k: int = 1
     min_score: float | None = None
     reconstruct: bool = True
+    namespace: str | None = None  # None: every namespace
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,7 @@ class Hit:
     score: float
     count: int
     reconstruction: NDArray[np.float32] | None
+    record: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -122,14 +131,22 @@ class IDRPReadResult:
     scores: Tensor
     counts: Tensor
     reconstructions: Tensor | None
+    records: list[list[bytes | None]] | None = None  # (B, k), the slots' records
 
     def hits(self) -> list[list[Hit]]:
         """Per query, its hits best first (a miss is [])."""
         recon = None if self.reconstructions is None else self.reconstructions.cpu().numpy()
         rows = zip(self.slots.tolist(), self.scores.tolist(), self.counts.tolist(), strict=True)
+        records = self.records
         return [
             [
-                Hit(slot, score, count, None if recon is None else recon[i, j])
+                Hit(
+                    slot,
+                    score,
+                    count,
+                    None if recon is None else recon[i, j],
+                    None if records is None else records[i][j],
+                )
                 for j, (slot, score, count) in enumerate(zip(*row, strict=True))
                 if slot >= 0
             ]
@@ -160,6 +177,23 @@ def as_rows(rows: Rows, noun: str, d: int) -> Tensor:
     if bad is not None:
         raise InvalidInput(f"{noun} {bad} contains NaN or infinity")
     return x
+
+
+def _assign(slots: list[int], z: Tensor, w: Write) -> Assign:
+    records = None if w.records is None else tuple(w.records)
+    return Assign(slots, z, w.namespace, records, w.pinned)
+
+
+def _namespace(name: str) -> str:
+    try:
+        return check_namespace(name)
+    except ValueError as e:
+        raise InvalidInput(str(e)) from None
+
+
+def _read_key(r: Read) -> tuple[int, float | None, str | None]:
+    """Reads with equal keys share one bank read."""
+    return (r.top_k, r.min_score, r.namespace)
 
 
 def _first_bad(z: Tensor) -> int | None:
@@ -235,6 +269,13 @@ class IDRPMemory:
             raise InvalidInput(
                 f"mode 'each' needs {x.shape[0]} slots, more than the capacity {self.bank.capacity}"
             )
+        _namespace(w.namespace)
+        stored = x.shape[0] if w.mode == "each" else 1
+        if w.records is not None and len(w.records) != stored:
+            raise InvalidInput(
+                f"expected one record per stored slot ({stored}, mode {w.mode!r}), got "
+                f"{len(w.records)}"
+            )
         return x
 
     def _storable(self, z: Tensor, mode: str) -> Tensor:
@@ -281,16 +322,23 @@ class IDRPMemory:
             except InvalidInput as e:
                 answers[i] = e
         if rows:
-            self._write_rows(rows, answers)
+            self._write_rows(writes, rows, answers)
         assert all(a is not None for a in answers)
         return answers  # type: ignore[return-value]
 
     def _write_rows(
-        self, rows: list[tuple[int, Tensor]], answers: list[WriteResult | Exception | None]
+        self,
+        writes: Sequence[Write],
+        rows: list[tuple[int, Tensor]],
+        answers: list[WriteResult | Exception | None],
     ) -> None:
         with self._lock:
-            plans = self.bank.plan_writes([z.shape[0] for _, z in rows])
-            ops = [Assign(p.slots, z) for p, (_, z) in zip(plans, rows, strict=True)]
+            rows, plans = self._plan(writes, rows, answers)
+            if not rows:
+                return
+            ops: list[Op] = [
+                _assign(p.slots, z, writes[i]) for p, (i, z) in zip(plans, rows, strict=True)
+            ]
             try:
                 self._commit(ops)
             except Exception as e:  # the bank is unchanged: every request of the group failed
@@ -301,6 +349,37 @@ class IDRPMemory:
             for (i, _), p in zip(rows, plans, strict=True):
                 used += len(p.slots) - len(p.evicted)  # the slots that were free
                 answers[i] = WriteResult(slots=p.slots, evicted=p.evicted, used=used)
+
+    def _plan(
+        self,
+        writes: Sequence[Write],
+        rows: list[tuple[int, Tensor]],
+        answers: list[WriteResult | Exception | None],
+    ) -> tuple[list[tuple[int, Tensor]], list[Plan]]:
+        """The slots of every write of the group; a write that cannot be placed (BankFull:
+        the bank is full of pinned slots) fails alone, the others are planned without it."""
+
+        def plan(part: list[tuple[int, Tensor]]) -> list[Plan]:
+            return self.bank.plan_writes(
+                [z.shape[0] for _, z in part],
+                [writes[i].namespace for i, _ in part],
+                [writes[i].pinned for i, _ in part],
+            )
+
+        kept = list(rows)
+        while kept:
+            try:
+                return kept, plan(kept)
+            except BankFull:
+                pass
+            for n in range(1, len(kept) + 1):  # the first write the ones before it leave out
+                try:
+                    plan(kept[:n])
+                except BankFull as e:
+                    answers[kept[n - 1][0]] = e
+                    del kept[n - 1]
+                    break
+        return [], []
 
     # ------------------------------------------------------------------ read
 
@@ -321,6 +400,8 @@ class IDRPMemory:
             raise InvalidInput(f"expected top_k to be an int >= 1, got {r.top_k!r}")
         if r.min_score is not None and not math.isfinite(r.min_score):
             raise InvalidInput(f"expected a finite min_score, got {r.min_score}")
+        if r.namespace is not None:
+            _namespace(r.namespace)
 
     def read_batch(self, reads: Sequence[Read]) -> list[IDRPReadResult | Exception]:
         """One answer per request, in order: its result, or the InvalidInput that refused it."""
@@ -355,12 +436,9 @@ class IDRPMemory:
         with self._lock:
             run = 0
             while run < len(spans):
-                key = (reads[spans[run][0]].top_k, reads[spans[run][0]].min_score)
+                key = _read_key(reads[spans[run][0]])
                 end = run + 1
-                while (
-                    end < len(spans)
-                    and (reads[spans[end][0]].top_k, reads[spans[end][0]].min_score) == key
-                ):
+                while end < len(spans) and _read_key(reads[spans[end][0]]) == key:
                     end += 1
                 r = self.bank.read(torch.cat([z for _, z in spans[run:end]]), *key)
                 offset = 0
@@ -369,6 +447,9 @@ class IDRPMemory:
                     found.append((i, r.slots[sl], r.scores[sl], r.counts[sl]))
                     offset += z.shape[0]
                 run = end
+            records = [
+                [self.bank.records_at(row) for row in slots.tolist()] for _, slots, _, _ in found
+            ]
             wanted = [s.reshape(-1) for i, s, _, _ in found if reads[i].reconstruct]
             hit = torch.cat(wanted) if wanted else torch.empty(0, dtype=torch.int64)
             codes = self.bank.codes_at(hit[hit >= 0])
@@ -377,7 +458,7 @@ class IDRPMemory:
             if codes.shape[0]
             else torch.zeros(0, self.d, device=codes.device)
         )
-        return self._results(reads, found, hit, decoded)
+        return self._results(reads, found, hit, decoded, records)
 
     def _results(
         self,
@@ -385,18 +466,19 @@ class IDRPMemory:
         found: list[tuple[int, Tensor, Tensor, Tensor]],
         hit: Tensor,
         decoded: Tensor,
+        records: list[list[list[bytes | None]]],
     ) -> list[tuple[int, IDRPReadResult]]:
         """Scatter the decoded hits back into (B, k, d) per request (zeros where slot is -1)."""
         flat = torch.zeros(hit.numel(), self.d, dtype=torch.float32, device=decoded.device)
         flat[(hit >= 0).to(flat.device)] = decoded
         out, pos = [], 0
-        for i, slots, scores, counts in found:
+        for (i, slots, scores, counts), recs in zip(found, records, strict=True):
             recon = None
             if reads[i].reconstruct:
                 n = slots.numel()
                 recon = flat[pos : pos + n].view(*slots.shape, self.d)
                 pos += n
-            out.append((i, IDRPReadResult(slots, scores, counts, recon)))
+            out.append((i, IDRPReadResult(slots, scores, counts, recon, recs)))
         return out
 
     # ------------------------------------------------------------------ slots and state
@@ -406,7 +488,7 @@ class IDRPMemory:
         with self._lock:
             view = self.bank.get(slot)  # SlotNotFound when free or out of range
         recon = self.model.decode(view.code.unsqueeze(0))[0].float()
-        return SlotView(view.slot, view.count, view.last_write, view.last_access, view.code, recon)
+        return dataclasses.replace(view, reconstruction=recon)
 
     def delete(self, slot: int) -> int:
         """Free an occupied slot (logged first); returns the number of occupied slots left."""
@@ -418,6 +500,33 @@ class IDRPMemory:
         """Free every slot (logged first)."""
         with self._lock:
             self._commit([Clear()])
+
+    def forget(self, namespace: str) -> list[int]:
+        """Free every slot of a namespace at once (logged first); the slots it freed.
+        NamespaceNotFound when it holds no slot."""
+        _namespace(namespace)
+        with self._lock:
+            slots = self.bank.namespace_slots(namespace)
+            if not slots:
+                raise NamespaceNotFound(f"namespace {namespace!r} holds no slot")
+            self._commit([Forget(slots)])
+            return slots
+
+    def pin(self, slot: int, pinned: bool = True) -> SlotView:
+        """Pin (never evicted) or unpin an occupied slot (logged first)."""
+        with self._lock:
+            s = self.bank.check_occupied(slot)
+            self._commit([Pin([s], bool(pinned))])
+            return self.bank.get(s)
+
+    def preview(self, n: int, namespace: str = DEFAULT_NAMESPACE) -> Plan:
+        """The slots a write of n rows into `namespace` would take now, and which of them it
+        would evict: the LFU policy's next choice, nothing changed (BankFull if none)."""
+        _namespace(namespace)
+        with self._lock:
+            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.bank.capacity:
+                raise InvalidInput(f"expected n in [1, {self.bank.capacity}], got {n!r}")
+            return self.bank.plan_writes([n], [namespace])[0]
 
     def checkpoint(self) -> tuple[dict[str, Tensor], int]:
         """A copy of the bank's state and the log position it holds, taken together."""

@@ -1,4 +1,4 @@
-"""The bank's mutations as values: what a write stores, and the three operations a log holds.
+"""The bank's mutations as values: what a write stores, and the operations a log holds.
 
 The memory loop (model/memory.py) turns each request into operations, hands them to its
 durability callback *before* applying them (`MemoryBank.apply`), and a log replays the same
@@ -12,16 +12,21 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from model.enums import WRITE_MODES, WriteMode
+from model.slots import DEFAULT_NAMESPACE
 
-__all__ = ["WRITE_MODES", "Assign", "Clear", "Free", "Op", "WriteMode", "combine"]
+__all__ = ["WRITE_MODES", "Assign", "Clear", "Forget", "Free", "Op", "Pin", "WriteMode", "combine"]
 
 
 @dataclass(frozen=True)
 class Assign:
-    """Store codes (n, m) float32 in these distinct slots (n,): `MemoryBank.assign`."""
+    """Store codes (n, m) float32 in these distinct slots (n,): `MemoryBank.assign`, in a
+    namespace, pinned or not, with one opaque record per slot (or none: model/slots.py)."""
 
     slots: list[int]
     codes: Tensor
+    namespace: str = DEFAULT_NAMESPACE
+    records: tuple[bytes | None, ...] | None = None
+    pinned: bool = False
 
 
 @dataclass(frozen=True)
@@ -32,11 +37,26 @@ class Free:
 
 
 @dataclass(frozen=True)
+class Forget:
+    """Free these occupied slots at once (a whole namespace: `DELETE /namespaces/{ns}`)."""
+
+    slots: list[int]
+
+
+@dataclass(frozen=True)
+class Pin:
+    """Pin (never evicted) or unpin these occupied slots."""
+
+    slots: list[int]
+    pinned: bool
+
+
+@dataclass(frozen=True)
 class Clear:
     """Free every slot."""
 
 
-Op = Assign | Free | Clear
+Op = Assign | Free | Forget | Pin | Clear
 
 
 def combine(z: Tensor, mode: str) -> Tensor:

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from model.enums import BANK_DTYPES, BankDtype
 from model.search import all_finite
+from model.slots import META_KEYS, meta_problem
 
 __all__ = [
     "COUNTER_NAMES",
@@ -38,6 +39,8 @@ def layout_problem(state: Mapping[str, Tensor], capacity: int, m: int, dtype: st
     """Why `state` does not have the tensors (keys, dtypes, shapes) of a bank of this capacity,
     m and dtype, or None when it does. Values are not looked at."""
     expected = set(STATE_KEYS) | ({"scales"} if dtype == "int8" else set())
+    if any(k in state for k in META_KEYS):  # the slot metadata: all of it or none (older)
+        expected |= set(META_KEYS)
     missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing:
         return f"lacks tensor(s) {missing}"
@@ -52,7 +55,7 @@ def layout_problem(state: Mapping[str, Tensor], capacity: int, m: int, dtype: st
         "counters": (torch.int64, (len(COUNTER_NAMES),)),
         "scales": (torch.float32, (m,)),
     }
-    for key in sorted(expected):
+    for key in sorted(expected - set(META_KEYS)):
         t = state[key]
         if not isinstance(t, Tensor):
             return f"tensor {key!r} is not a tensor"
@@ -69,8 +72,14 @@ def state_problem(state: Mapping[str, Tensor], capacity: int, m: int, dtype: str
     problem = layout_problem(state, capacity, m, dtype)
     if problem is not None:
         return problem
+    for key in META_KEYS:
+        if key in state and not isinstance(state[key], Tensor):
+            return f"tensor {key!r} is not a tensor"
     cpu = {k: v.detach().to("cpu") for k, v in state.items()}
-    return _counter_problem(cpu["counters"].tolist()) or _slot_problem(cpu)
+    problem = _counter_problem(cpu["counters"].tolist()) or _slot_problem(cpu)
+    if problem is None and META_KEYS[0] in cpu:
+        problem = meta_problem(cpu, capacity)
+    return problem
 
 
 def _counter_problem(counters: list[int]) -> str | None:

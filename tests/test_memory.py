@@ -337,6 +337,9 @@ def test_stats_after_a_sequence() -> None:
         "dtype": "float32",
         "bytes": 4 * 2 * 4 + 4 * 8 * 3 + 4 + 6 * 8,
         "cache_bytes": 4 * 2 * 4 + 4 * 4,
+        # namespace int32 + pinned bool per slot, and the record list's 8-byte entries
+        "meta_bytes": 4 * 4 + 4 + 4 * 8,
+        "namespaces": {"default": {"used": 3, "pinned": 0, "count_sum": 3}},
         "initial_count": 0,
         "tick": 5,
     }

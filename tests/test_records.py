@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.ops import Assign, Clear, Free, Op
+from model.ops import Assign, Clear, Forget, Free, Op, Pin
 from service import records
 
 
@@ -78,7 +78,7 @@ class Untyped:
         (Untyped.Assign([0], [[0.0, 1.0]]), "expected codes as a float32 tensor, got list"),
         (Untyped.Free(1.5), "expected an int slot to delete, got 1.5"),
         (Free(True), "expected an int slot to delete, got True"),
-        ("clear", "expected an Assign, Free or Clear operation, got 'clear'"),
+        ("clear", "expected an Assign, Free, Forget, Pin or Clear operation, got 'clear'"),
     ],
 )
 def test_encode_refuses_what_cannot_be_a_record(op: Op, message: str) -> None:
@@ -120,3 +120,66 @@ def test_decode_refuses_malformed_records(data: bytes, message: str) -> None:
 def test_kind_names_each_operation() -> None:
     ops = (Assign([0], torch.ones(1, 1)), Free(0), Clear())
     assert [records.kind(op) for op in ops] == ["write", "delete", "clear"]
+
+
+def test_namespaced_writes_forget_and_pin_round_trip_in_their_documented_bytes() -> None:
+    z = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    op = Assign([4, 1], z, "user:7", (b'{"text":"a"}', None), True)
+    data = records.encode(op)
+    body = struct.pack("<II", 2, 2) + struct.pack("<2q", 4, 1) + z.numpy().tobytes()
+    assert data == (
+        b"\x04"
+        + body
+        + struct.pack("<BH", 3, 6)
+        + b"user:7"
+        + struct.pack("<I", 12)
+        + b'{"text":"a"}'
+        + struct.pack("<I", 0xFFFFFFFF)
+    )
+    back = records.decode(data)
+    assert isinstance(back, Assign) and back.slots == [4, 1]
+    assert (back.namespace, back.records, back.pinned) == ("user:7", (b'{"text":"a"}', None), True)
+    assert torch.equal(back.codes, z)
+    # the default namespace without records or pin is the old record 1, byte for byte
+    assert records.encode(Assign([4, 1], z, "default")) == b"\x01" + body
+    assert records.encode(Forget([3, 9])) == b"\x05" + struct.pack("<I2q", 2, 3, 9)
+    assert records.decode(records.encode(Forget([3, 9]))) == Forget([3, 9])
+    assert records.encode(Pin([2], False)) == b"\x06\x00" + struct.pack("<Iq", 1, 2)
+    assert records.decode(records.encode(Pin([2], True))) == Pin([2], True)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            b"\x04" + struct.pack("<II", 1, 1) + struct.pack("<q", 0) + b"\0\0\x80?",
+            "lacks its flags",
+        ),
+        (
+            b"\x04"
+            + struct.pack("<II", 1, 1)
+            + struct.pack("<q", 0)
+            + b"\0\0\x80?"
+            + struct.pack("<BH", 2, 1)
+            + b"a"
+            + struct.pack("<I", 9)
+            + b"abc",
+            "ends inside its records",
+        ),
+        (
+            b"\x04"
+            + struct.pack("<II", 1, 1)
+            + struct.pack("<q", 0)
+            + b"\0\0\x80?"
+            + struct.pack("<BH", 0, 1)
+            + b"a"
+            + b"junk",
+            "4 bytes after its records",
+        ),
+        (b"\x05" + struct.pack("<I", 2) + struct.pack("<q", 1), "forget record with n=2"),
+        (b"\x06\x02" + struct.pack("<Iq", 1, 2), "lacks its pinned byte"),
+    ],
+)
+def test_malformed_new_records_are_refused(data: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        records.decode(data)
