@@ -25,6 +25,7 @@ from fastapi import FastAPI
 from fastapi.encoders import jsonable_encoder
 from fastapi.openapi.constants import REF_TEMPLATE
 from fastapi.openapi.models import OpenAPI
+from pydantic import BaseModel
 
 from model.checkpoint import read_metadata
 from model.config import IDRPConfig
@@ -33,8 +34,8 @@ from service.auth import AUTH_DOC, key_schemes
 from service.engine import Engine
 from service.errors import BodyLimitMiddleware, install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import memory, ops, ui
-from service.schemas import RequestModels, request_models
+from service.routes import memory, namespaces, ops, texts, ui
+from service.schemas import PinRequest, PreviewRequest, request_models
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("service.app")
@@ -73,7 +74,7 @@ def _item_length(weights: Path) -> int | None:
         return None
 
 
-def _openapi(app: FastAPI, models: RequestModels) -> Callable[[], dict[str, Any]]:
+def _openapi(app: FastAPI, models: list[type[BaseModel]]) -> Callable[[], dict[str, Any]]:
     """app.openapi, with the schemas of this app's request models, which the routes' bodies
     reference by name (service/deps.py) and which carry this app's limits."""
     generate = app.openapi
@@ -106,7 +107,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.models = models = request_models(
-        settings.max_items, settings.max_top_k, _item_length(settings.weights)
+        settings.max_items,
+        settings.max_top_k,
+        _item_length(settings.weights),
+        settings.max_text_chars,
+        settings.max_payload_bytes,
     )
     app.state.metrics = metrics = Metrics()
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
@@ -115,7 +120,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     keys = key_schemes(settings)  # none when no API key is configured
     app.include_router(ops.probes)  # no key needed
     app.include_router(memory.router, dependencies=keys)
+    app.include_router(texts.router, dependencies=keys)
+    app.include_router(namespaces.router, dependencies=keys)
     app.include_router(ops.router, dependencies=keys)
     ui.install(app)  # /docs, /redoc, /ui and their files: no key needed
-    app.openapi = _openapi(app, models)  # type: ignore[method-assign]
+    bodies: list[type[BaseModel]] = [*models, PreviewRequest, PinRequest]  # bodies routes read
+    app.openapi = _openapi(app, bodies)  # type: ignore[method-assign]
     return app

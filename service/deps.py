@@ -34,9 +34,20 @@ from fastapi.openapi.constants import REF_TEMPLATE
 from pydantic import BaseModel, ValidationError, WithJsonSchema
 
 from model.errors import NotReady
+from model.slots import NAMESPACE_PATTERN
 from service.auth import Role, authenticate, authorize_write
 from service.engine import Engine
-from service.schemas import ReadRequest, RequestModels, WriteRequest, clip, slot_id
+from service.schemas import (
+    PinRequest,
+    PreviewRequest,
+    ReadRequest,
+    RecallRequest,
+    RememberRequest,
+    RequestModels,
+    WriteRequest,
+    clip,
+    slot_id,
+)
 from service.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
@@ -164,8 +175,30 @@ async def _read_body(request: Request) -> ReadRequest:
     return body
 
 
+async def _remember_body(request: Request) -> RememberRequest:
+    models: RequestModels = request.app.state.models
+    return _validated(models.remember, await _json_body(request))
+
+
+async def _recall_body(request: Request) -> RecallRequest:
+    models: RequestModels = request.app.state.models
+    return _validated(models.recall, await _json_body(request))
+
+
+async def _preview_body(request: Request) -> PreviewRequest:
+    return _validated(PreviewRequest, await _json_body(request))
+
+
+async def _pin_body(request: Request) -> PinRequest:
+    return _validated(PinRequest, await _json_body(request))
+
+
 async def _slot(i: Annotated[str, Path(), WithJsonSchema(SLOT_SCHEMA)]) -> int:
     return slot_id(i)
+
+
+async def _namespace(ns: Annotated[str, Path(pattern=f"^{NAMESPACE_PATTERN}$")]) -> str:
+    return ns
 
 
 EngineDep = Annotated[Engine, Depends(_engine)]
@@ -173,4 +206,9 @@ ReadAccess = Annotated[Role, Depends(authenticate)]
 WriteAccess = Annotated[Role, Depends(authorize_write)]
 WriteBody = Annotated[WriteRequest, Depends(_write_body)]
 ReadBody = Annotated[ReadRequest, Depends(_read_body)]
+RememberBody = Annotated[RememberRequest, Depends(_remember_body)]
+RecallBody = Annotated[RecallRequest, Depends(_recall_body)]
+PreviewBody = Annotated[PreviewRequest, Depends(_preview_body)]
+PinBody = Annotated[PinRequest, Depends(_pin_body)]
 SlotId = Annotated[int, Depends(_slot)]
+NamespaceName = Annotated[str, Depends(_namespace)]

@@ -2,8 +2,10 @@
 
     engine = Engine(settings)
     await engine.start()         # load weights strictly, recover the bank (snapshot + WAL)
-    await engine.write(items, mode="mean")
-    await engine.read(queries, top_k=1, min_score=None, reconstruct=True)
+    await engine.write(items, mode="mean", namespace="default", records=None, pinned=False)
+    await engine.read(queries, top_k=1, min_score=None, reconstruct=True, namespace=None)
+    await engine.remember(texts, payloads, namespace)   # text codecs (service/texts.py)
+    await engine.recall(texts, top_k, min_score, namespace)
     await engine.stop()          # drain the queues, snapshot on shutdown, close the WAL
 
 A facade, as infinity's engine is: each public method checks the engine is ready and awaits a
@@ -37,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -47,11 +50,14 @@ from typing import Any, Literal, TypeVar
 import torch
 
 from model.bank import MemoryBank, SlotView, WriteResult
-from model.checkpoint import load_idrp
+from model.checkpoint import load_idrp, read_metadata
 from model.errors import NotReady
 from model.idrp import IDRP, CompiledCodec, compile_codec
+from model.lfu import Plan
 from model.memory import Hit, IDRPMemory, Read, Rows, Write
 from model.ops import Op
+from model.slots import DEFAULT_NAMESPACE
+from service import texts
 from service.batching import BatchQueue
 from service.persistence import Persistence, Recovery, SnapshotInfo
 from service.settings import Settings
@@ -82,6 +88,9 @@ class Engine:
         self.persistence: Persistence | None = None
         self.recovery: Recovery | None = None
         self.device = "cpu"
+        self.embedder: dict[str, Any] | None = None  # a text codec's embedder (weights info)
+        self.texts: texts.TextMemory | None = None
+        self._embedder_obj: Any = None
         self.started_at = time.time()
         self._torch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mt-torch")
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mt-snapshot")
@@ -141,6 +150,8 @@ class Engine:
         self._writes = BatchQueue(
             "mt-write-grouper", memory.write_group, self._run, limit=s.batch_max
         )
+        if self._embedder_obj is not None:
+            self.texts = texts.TextMemory(self._embedder_obj, s.batch_max)
         if s.snapshot_every_s > 0:
             self._spawn(self._periodic_snapshots())
         self.started_at = time.time()
@@ -162,6 +173,7 @@ class Engine:
             torch.set_num_threads(s.torch_threads)
         model = load_idrp(s.weights, device=device)
         scales = model.code_scales.detach().clone() if s.bank_dtype == "int8" else None
+        self._embedder_obj = self._load_embedder(device)
 
         def make_bank() -> MemoryBank:
             return MemoryBank(
@@ -171,6 +183,7 @@ class Engine:
                 dtype=s.bank_dtype,
                 scales=scales,
                 initial_count=s.initial_count,
+                namespace_quota=s.namespace_quota,
             )
 
         persistence = Persistence(
@@ -184,7 +197,8 @@ class Engine:
             device=device,
         )
         bank = recovery.bank
-        bank.decay_ticks = s.lfu_decay_ticks  # a policy, not state: always from the settings
+        bank.decay_ticks = s.lfu_decay_ticks  # policies, not state: always from the settings
+        bank.namespace_quota = s.namespace_quota
         self._warn_kept(recovery)
         codec = self._compile(model)
         self.memory = IDRPMemory(
@@ -197,6 +211,24 @@ class Engine:
         replayed = recovery.replayed
         self._tick_at_snapshot = bank.tick if recovery.snapshot is not None and not replayed else -1
         self._changes_since_snapshot = replayed
+
+    def _load_embedder(self, device: str) -> Any:
+        """A text codec's embedder (its weights' info names it), loaded now; None for other
+        codecs. EmbedderError (the start fails, saying why) when it is not installed or is
+        not the one the weights were trained for."""
+        info = json.loads(read_metadata(self.settings.weights).get("info", "{}"))
+        if not isinstance(info, dict) or not isinstance(info.get("embedder"), dict):
+            return None
+        from model.embed import EMBEDDERS, Embedder, EmbedderError, check_embedder
+
+        name = info["embedder"].get("name")
+        if name not in EMBEDDERS:
+            raise EmbedderError(f"the weights name an unknown embedder {name!r}")
+        check_embedder(info, EMBEDDERS[name])
+        embedder = Embedder(EMBEDDERS[name], device=device)
+        embedder.load()
+        self.embedder = info["embedder"]
+        return embedder
 
     def _warn_kept(self, recovery: Recovery) -> None:
         """The snapshot's dtype and initial_count win over the settings: say so."""
@@ -236,6 +268,8 @@ class Engine:
             return
         self.state = "stopping"
         assert self._reads is not None and self._writes is not None
+        if self.texts is not None:
+            await self.texts.close()  # embeds what is queued; its writes join the queue below
         await self._reads.close()  # each answers what is queued, then exits
         await self._writes.close()
         for task in list(self._tasks):
@@ -290,12 +324,21 @@ class Engine:
 
     # ------------------------------------------------------------------ memory
 
-    async def write(self, items: Rows, mode: str = "mean") -> WriteResult:
+    async def write(
+        self,
+        items: Rows,
+        mode: str = "mean",
+        namespace: str = DEFAULT_NAMESPACE,
+        records: Sequence[bytes | None] | None = None,
+        pinned: bool = False,
+    ) -> WriteResult:
         """Encode items (B, d) and store them: "mean" -> one slot with the mean code, "each" ->
-        one slot per item. Logged to the WAL before the bank changes."""
+        one slot per item; in a namespace, pinned or not, with one record per stored slot.
+        Logged to the WAL before the bank changes."""
         self._check_ready()
         assert self._writes is not None
-        result = await self._writes.submit(Write(items, mode), _rows(items))
+        write = Write(items, mode, namespace, records, pinned)
+        result = await self._writes.submit(write, _rows(items))
         self._after_change()
         return result
 
@@ -305,14 +348,79 @@ class Engine:
         top_k: int = 1,
         min_score: float | None = None,
         reconstruct: bool = True,
+        namespace: str | None = None,
     ) -> list[list[Hit]]:
-        """For each query (B, d): the top_k slots by cosine of codes, best first, each with its
-        count after this read; a miss (nothing, or best score < min_score) is []."""
+        """For each query (B, d): the top_k slots (of one namespace, or all) by cosine of codes,
+        best first, each with its count after this read; a miss (nothing, or best score <
+        min_score) is []."""
         self._check_ready()
         assert self._reads is not None
         return await self._reads.submit(
-            Read(queries, top_k, min_score, reconstruct), _rows(queries)
+            Read(queries, top_k, min_score, reconstruct, namespace), _rows(queries)
         )
+
+    async def remember(
+        self,
+        sentences: list[str],
+        payloads: list[dict[str, Any]] | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
+        pinned: bool = False,
+    ) -> WriteResult:
+        """Embed the texts and store one slot per text, with its text and payload."""
+        rows = torch.from_numpy(await self._texts().embed(sentences))
+        kept = texts.records(len(sentences), sentences, payloads)
+        return await self.write(rows, "each", namespace, kept, pinned)
+
+    async def recall(
+        self,
+        sentences: list[str],
+        top_k: int = 1,
+        min_score: float | None = None,
+        namespace: str | None = None,
+    ) -> list[list[Hit]]:
+        """For each text, the top_k slots whose codes are closest to its embedding's."""
+        rows = torch.from_numpy(await self._texts().embed(sentences))
+        return await self.read(rows, top_k, min_score, False, namespace)
+
+    def _texts(self) -> texts.TextMemory:
+        self._check_ready()
+        if self.texts is None:
+            assert self.model is not None
+            raise texts.NotATextCodec(
+                f"the loaded model {self.model.name!r} is not a text codec: /remember and "
+                "/recall need weights trained on sentence embeddings (their info names an "
+                "embedder); store items with /write and read them with /read"
+            )
+        return self.texts
+
+    async def forget(self, namespace: str) -> list[int]:
+        """Free every slot of a namespace (logged first); the slots freed."""
+        self._check_ready()
+        slots = await self._run(self._memory().forget, namespace)
+        self._after_change()
+        return slots
+
+    async def pin(self, slot: int, pinned: bool) -> SlotView:
+        """Pin (never evicted) or unpin an occupied slot (logged first)."""
+        self._check_ready()
+        view = await self._run(self._memory().pin, slot, pinned)
+        self._after_change()
+        return view
+
+    async def namespaces(self) -> dict[str, dict[str, int]]:
+        """Per namespace holding a slot: used, pinned, count_sum."""
+        self._check_ready()
+        stats: dict[str, Any] = await self._run(self._memory().stats)
+        return stats["namespaces"]
+
+    @property
+    def used(self) -> int:
+        return self._memory().bank.used
+
+    async def preview(self, n: int, namespace: str = DEFAULT_NAMESPACE) -> Plan:
+        """The slots the next write of n rows into `namespace` would take and evict."""
+        self._check_ready()
+        return await self._run(self._memory().preview, n, namespace)
 
     async def get_slot(self, slot: int) -> SlotView:
         """One occupied slot's counters, code and reconstruction (not counted as an access)."""

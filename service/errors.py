@@ -9,6 +9,9 @@ of a request is clipped (schemas.clip); a detail is at most MAX_DETAIL character
     domain error (engine / bank / WAL)      HTTP
     InvalidInput, other ValueError          422  the error's message
     SlotNotFound                            404  "slot 7 is not occupied"
+    NamespaceNotFound                       404  "namespace 'u1' holds no slot"
+    BankFull                                409  "... are not pinned: unpin or delete slots first"
+    NotATextCodec                           409  "the loaded model ... is not a text codec: ..."
     DiskFullError / PersistenceError        507  "insufficient storage: ..."
     NotReady                                503  "service is starting" (Retry-After)
     RequestValidationError                  422  flattened pydantic errors
@@ -28,8 +31,16 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from model.errors import DiskFullError, NotReady, PersistenceError, SlotNotFound
+from model.errors import (
+    BankFull,
+    DiskFullError,
+    NamespaceNotFound,
+    NotReady,
+    PersistenceError,
+    SlotNotFound,
+)
 from service.schemas import ErrorResponse, clip, validation_detail
+from service.texts import NotATextCodec
 
 log = logging.getLogger("service.errors")
 
@@ -111,6 +122,18 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SlotNotFound)
     async def _slot(_: Request, exc: SlotNotFound) -> JSONResponse:
         return error(404, str(exc))
+
+    @app.exception_handler(NamespaceNotFound)
+    async def _namespace(_: Request, exc: NamespaceNotFound) -> JSONResponse:
+        return error(404, str(exc))
+
+    @app.exception_handler(BankFull)
+    async def _full(_: Request, exc: BankFull) -> JSONResponse:
+        return error(409, str(exc))
+
+    @app.exception_handler(NotATextCodec)
+    async def _not_text(_: Request, exc: NotATextCodec) -> JSONResponse:
+        return error(409, str(exc))
 
     @app.exception_handler(PersistenceError)
     async def _storage(_: Request, exc: PersistenceError) -> JSONResponse:

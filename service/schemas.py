@@ -19,18 +19,28 @@ import re
 from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, field_validator
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, field_validator, model_validator
 from pydantic.json_schema import JsonDict
 from pydantic_core import PydanticCustomError
 
 from model.enums import WriteMode
 from model.errors import InvalidInput
+from model.slots import NAMESPACE_PATTERN, check_namespace
 
 FLOAT32_MAX = 3.4028234663852886e38
 ECHO_LIMIT = 64  # characters of a name or value a client sent that a message repeats
 MAX_LISTED_ERRORS = 3
 # Error types our own validators raise: their message already names the item / query.
-_SELF_DESCRIBING = {"row_length", "not_finite", "float32_range"}
+_SELF_DESCRIBING = {
+    "row_length",
+    "not_finite",
+    "float32_range",
+    "text_empty",
+    "text_long",
+    "payload_large",
+    "length_mismatch",
+}
 # Upper bounds of a read answer's JSON (service/responses.FastJSON): one hit without its
 # reconstruction ({"slot":..,"score":..,"count":..,"reconstruction":null},), one float32 in its
 # shortest form with its comma (-1.2345678e-38,), and the brackets of one query's list.
@@ -132,6 +142,89 @@ def validation_detail(errors: Sequence[Any]) -> str:
 class Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     d: ClassVar[int | None] = None  # values per row, when known (set by request_models)
+    max_text_chars: ClassVar[int] = 8192  # MT_MAX_TEXT_CHARS (set by request_models)
+    max_payload_bytes: ClassVar[int] = 16384  # MT_MAX_PAYLOAD_BYTES (set by request_models)
+
+    @field_validator("namespace", check_fields=False)
+    @classmethod
+    def _namespace(cls, name: str | None) -> str | None:
+        if name is None:
+            return None
+        try:
+            return check_namespace(name)
+        except ValueError as e:
+            raise PydanticCustomError("namespace", "{message}", {"message": str(e)}) from None
+
+    @field_validator("texts", check_fields=False)
+    @classmethod
+    def _texts(cls, texts: list[str] | None) -> list[str] | None:
+        return None if texts is None else check_texts(texts, cls.max_text_chars)
+
+    @field_validator("payloads", check_fields=False)
+    @classmethod
+    def _payloads(cls, payloads: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        return None if payloads is None else check_payloads(payloads, cls.max_payload_bytes)
+
+
+def check_texts(texts: list[str], limit: int) -> list[str]:
+    """Texts a slot may keep: not empty or only whitespace, at most `limit` characters."""
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise PydanticCustomError(
+                "text_empty", "texts[{index}] is empty or only whitespace", {"index": i}
+            )
+        if len(text) > limit:
+            raise PydanticCustomError(
+                "text_long",
+                "texts[{index}] has {n} characters, over the limit of {limit} (MT_MAX_TEXT_CHARS)",
+                {"index": i, "n": len(text), "limit": limit},
+            )
+    return texts
+
+
+def check_payloads(payloads: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """Payloads a slot may keep: JSON objects of at most `limit` bytes as compact JSON."""
+    for i, payload in enumerate(payloads):
+        try:
+            size = len(orjson.dumps(payload))
+        except TypeError:  # orjson writes integers of at most 64 bits, as most JSON readers
+            raise PydanticCustomError(
+                "payload_large",
+                "payloads[{index}] holds an integer beyond 64 bits, which it cannot keep",
+                {"index": i},
+            ) from None
+        if size > limit:
+            raise PydanticCustomError(
+                "payload_large",
+                "payloads[{index}] is {n} bytes as JSON, over the limit of {limit} "
+                "(MT_MAX_PAYLOAD_BYTES)",
+                {"index": i, "n": size, "limit": limit},
+            )
+    return payloads
+
+
+Namespace = Annotated[
+    str,
+    Field(
+        description="A namespace (user, agent, session...): 1-64 characters, letters, digits "
+        "and . _ : @ - (not first).",
+        json_schema_extra={"pattern": f"^{NAMESPACE_PATTERN}$"},
+    ),
+]
+Texts = Annotated[list[str], Field(min_length=1, max_length=1024)]
+Payloads = Annotated[
+    list[dict[str, Any]],
+    Field(description="One JSON object per text, kept with it and returned by reads."),
+]
+
+
+def _same_length(what: str, values: list[Any] | None, n: int, per: str) -> None:
+    if values is not None and len(values) != n:
+        raise PydanticCustomError(
+            "length_mismatch",
+            "{what}: expected one per {per} ({n}), got {got}",
+            {"what": what, "per": per, "n": n, "got": len(values)},
+        )
 
 
 class WriteRequest(Request):
@@ -144,11 +237,25 @@ class WriteRequest(Request):
 
     items: Annotated[list[Vector], Field(min_length=1, max_length=1024)]
     mode: WriteMode = "mean"
+    namespace: Namespace = "default"
+    texts: Texts | None = Field(
+        default=None, description="A text per stored slot (mode each: per item; mean: one)."
+    )
+    payloads: Payloads | None = None
+    pinned: bool = Field(default=False, description="Pinned slots are never evicted.")
 
     @field_validator("items")
     @classmethod
     def _finite(cls, rows: list[list[float]]) -> list[list[float]]:
         return check_rows(rows, "item", cls.d)
+
+    @model_validator(mode="after")
+    def _one_per_slot(self) -> WriteRequest:
+        stored = len(self.items) if self.mode == "each" else 1
+        per = "item" if self.mode == "each" else "mean write (one slot)"
+        _same_length("texts", self.texts, stored, per)
+        _same_length("payloads", self.payloads, stored, per)
+        return self
 
 
 class ReadRequest(Request):
@@ -164,6 +271,9 @@ class ReadRequest(Request):
     top_k: Annotated[int, Field(ge=1, le=100)] = 1
     min_score: Annotated[float | None, Field(ge=-1.0, le=1.0, allow_inf_nan=False)] = None
     reconstruct: bool = True
+    namespace: Namespace | None = Field(
+        default=None, description="Search this namespace only (default: every namespace)."
+    )
 
     @field_validator("queries")
     @classmethod
@@ -178,15 +288,77 @@ class ReadRequest(Request):
         return hits, 16 + len(self.queries) * (QUERY_BYTES + hits * per_hit)
 
 
+class RememberRequest(Request):
+    """Texts to embed and store, one slot each, with their payloads, in a namespace."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "texts": ["Alice prefers tea to coffee."],
+                    "payloads": [{"source": "chat", "turn": 3}],
+                    "namespace": "user-alice",
+                }
+            ]
+        }
+    )
+
+    texts: Texts
+    payloads: Payloads | None = None
+    namespace: Namespace = "default"
+    pinned: bool = Field(default=False, description="Pinned slots are never evicted.")
+
+    @model_validator(mode="after")
+    def _one_per_text(self) -> RememberRequest:
+        _same_length("payloads", self.payloads, len(self.texts), "text")
+        return self
+
+
+class RecallRequest(Request):
+    """Texts to look up: per text, the top_k stored memories closest to its embedding."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"texts": ["What does Alice drink?"], "top_k": 3, "namespace": "user-alice"}
+            ]
+        }
+    )
+
+    texts: Texts
+    top_k: Annotated[int, Field(ge=1, le=100)] = 1
+    min_score: Annotated[float | None, Field(ge=-1.0, le=1.0, allow_inf_nan=False)] = None
+    namespace: Namespace | None = Field(
+        default=None, description="Search this namespace only (default: every namespace)."
+    )
+
+
+class PreviewRequest(Request):
+    """A write to look ahead at: n rows into a namespace."""
+
+    n: Annotated[int, Field(ge=1)] = 1
+    namespace: Namespace = "default"
+
+
+class PinRequest(Request):
+    pinned: bool = True
+
+
 class RequestModels(NamedTuple):
     write: type[WriteRequest]
     read: type[ReadRequest]
+    remember: type[RememberRequest]
+    recall: type[RecallRequest]
 
 
 def request_models(
-    max_items: int = 1024, max_top_k: int = 100, d: int | None = None
+    max_items: int = 1024,
+    max_top_k: int = 100,
+    d: int | None = None,
+    max_text_chars: int = 8192,
+    max_payload_bytes: int = 16384,
 ) -> RequestModels:
-    """WriteRequest / ReadRequest with these limits in their validation and their schema."""
+    """The request models with these limits in their validation and their schema."""
     length: JsonDict | None = None if d is None else {"minItems": d, "maxItems": d}
     vector: Any = Annotated[list[Number], Field(min_length=1, json_schema_extra=length)]
     rows: Any = Annotated[list[vector], Field(min_length=1, max_length=max_items)]
@@ -208,6 +380,8 @@ def request_models(
             "__doc__": base.__doc__,
             "__annotations__": annotations,
             "d": d,
+            "max_text_chars": max_text_chars,
+            "max_payload_bytes": max_payload_bytes,
         }
         if field in examples:
             namespace["model_config"] = ConfigDict(json_schema_extra=examples[field])
@@ -215,9 +389,12 @@ def request_models(
             namespace["top_k"] = 1
         return type(base.__name__, (base,), namespace)
 
+    texts: Any = Annotated[list[str], Field(min_length=1, max_length=max_items)]
     write = subclass(WriteRequest, "items", {"items": rows})
     read = subclass(ReadRequest, "queries", {"queries": rows, "top_k": top_k})
-    return RequestModels(write=write, read=read)
+    remember = subclass(RememberRequest, "", {"texts": texts})
+    recall = subclass(RecallRequest, "", {"texts": texts, "top_k": top_k})
+    return RequestModels(write=write, read=read, remember=remember, recall=recall)
 
 
 # ------------------------------------------------------------------------------- responses
@@ -240,6 +417,47 @@ class Hit(BaseModel):
     reconstruction: list[float] | None = Field(
         description="The slot's code decoded back to d values; null when reconstruct=false."
     )
+    text: str | None = Field(
+        default=None, description="The slot's text: present only when the slot keeps one."
+    )
+    payload: dict[str, Any] | None = Field(
+        default=None, description="The slot's payload: present only when the slot keeps one."
+    )
+
+
+class Memory(BaseModel):
+    slot: int
+    score: float = Field(description="Cosine similarity of the text's code and the slot's code.")
+    count: int = Field(description="The slot's access count right after this recall.")
+    text: str | None = Field(description="The remembered text (null if the slot has none).")
+    payload: dict[str, Any] | None = Field(description="Its payload (null if none).")
+
+
+class RecallResponse(BaseModel):
+    results: list[list[Memory]] = Field(
+        description="One list per text, best first; a miss is an empty list."
+    )
+
+
+class NamespaceInfo(BaseModel):
+    used: int
+    pinned: int
+    count_sum: int = Field(description="Total access count of the namespace's slots.")
+
+
+class NamespacesResponse(BaseModel):
+    namespaces: dict[str, NamespaceInfo] = Field(description="Every namespace that holds a slot.")
+
+
+class ForgetResponse(BaseModel):
+    namespace: str
+    forgotten: list[int] = Field(description="The slots freed.")
+    used: int = Field(description="Occupied slots after the delete.")
+
+
+class PreviewResponse(BaseModel):
+    slots: list[int] = Field(description="The slots the write would take, in row order.")
+    evicted: list[int] = Field(description="Those of them whose memory it would replace.")
 
 
 class ReadResponse(BaseModel):
@@ -263,6 +481,10 @@ class SlotResponse(BaseModel):
     last_access: int = Field(description="Bank tick of the slot's last read hit (0 = never).")
     code: list[float] = Field(description="The stored code (m values, dequantised).")
     reconstruction: list[float] = Field(description="The code decoded back to d values.")
+    namespace: str
+    pinned: bool
+    text: str | None = Field(description="The slot's text (null if none).")
+    payload: dict[str, Any] | None = Field(description="The slot's payload (null if none).")
 
 
 class DeleteResponse(BaseModel):

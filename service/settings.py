@@ -83,6 +83,12 @@ class Settings(BaseSettings):
         description="Halve a slot's count for eviction per this many bank ticks it sat idle "
         "(Redis-style LFU aging; makes MT_INITIAL_COUNT protect fresh slots). 0 = off (paper).",
     )
+    namespace_quota: int = Field(
+        default=0,
+        ge=0,
+        description="Most slots one namespace may hold; a write beyond it replaces the "
+        "namespace's own least frequently used slots. 0 = no quota.",
+    )
 
     # --- persistence
     snapshot_dir: Path = Field(
@@ -122,6 +128,14 @@ class Settings(BaseSettings):
         default=8 * MIB, ge=1024, description="Largest request body, in bytes."
     )
     max_top_k: int = Field(default=100, ge=1)
+    max_text_chars: int = Field(
+        default=8192, ge=1, description="Longest text a slot may keep (characters)."
+    )
+    max_payload_bytes: int = Field(
+        default=16 * 1024,
+        ge=2,
+        description="Largest JSON payload a slot may keep (bytes of its compact JSON).",
+    )
     max_response_bytes: int = Field(
         default=32 * MIB,
         ge=1024,

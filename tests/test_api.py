@@ -184,8 +184,25 @@ def test_get_and_delete_slot(client: TestClient, items: Items) -> None:
     r = client.get("/slots/1")
     assert r.status_code == 200
     body = r.json()
-    assert set(body) == {"slot", "count", "last_write", "last_access", "code", "reconstruction"}
+    assert set(body) == {
+        "slot",
+        "count",
+        "last_write",
+        "last_access",
+        "code",
+        "reconstruction",
+        "namespace",
+        "pinned",
+        "text",
+        "payload",
+    }
     assert body["slot"] == 1 and body["count"] == 0 and body["last_access"] == 0
+    assert (body["namespace"], body["pinned"], body["text"], body["payload"]) == (
+        "default",
+        False,
+        None,
+        None,
+    )
     assert len(body["code"]) == M and len(body["reconstruction"]) == D
     r = client.delete("/slots/1")
     assert r.status_code == 200

@@ -33,6 +33,12 @@ OPERATIONS = [
     ("POST", "/snapshot"),
     ("GET", "/slots/{i}"),
     ("DELETE", "/slots/{i}"),
+    ("POST", "/slots/{i}/pin"),
+    ("POST", "/remember"),
+    ("POST", "/recall"),
+    ("GET", "/namespaces"),
+    ("DELETE", "/namespaces/{ns}"),
+    ("POST", "/evictions/preview"),
     ("GET", "/metrics"),
     ("GET", "/codec"),
     ("GET", "/slots"),
@@ -41,7 +47,19 @@ OPERATIONS = [
 WITH_INPUT = [
     op
     for op in OPERATIONS
-    if op[1] in ("/write", "/read", "/slots/{i}", "/slots", "/evictions/next")
+    if op[1]
+    in (
+        "/write",
+        "/read",
+        "/slots/{i}",
+        "/slots",
+        "/evictions/next",
+        "/slots/{i}/pin",
+        "/remember",
+        "/recall",
+        "/namespaces/{ns}",
+        "/evictions/preview",
+    )
 ]
 CASES = [(*op, GenerationMode.POSITIVE) for op in OPERATIONS] + [
     (*op, GenerationMode.NEGATIVE)

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from service.deps import EngineDep, ReadAccess, ReadBody, SlotId, WriteAccess, WriteBody, body_doc
+from service import texts
+from service.deps import (
+    EngineDep,
+    PinBody,
+    ReadAccess,
+    ReadBody,
+    SlotId,
+    WriteAccess,
+    WriteBody,
+    body_doc,
+)
 from service.responses import FastJSON, error_answers
 from service.schemas import (
     DeleteResponse,
+    PinRequest,
     ReadRequest,
     ReadResponse,
     SlotResponse,
@@ -25,8 +36,11 @@ router = APIRouter(tags=["memory"])
 )
 async def write(_: WriteAccess, engine: EngineDep, body: WriteBody) -> WriteResponse:
     """Encode the items and store their codes: mode "mean" -> one slot, "each" -> one per
-    item. Logged to the write-ahead log before the bank changes."""
-    out = await engine.write(body.items, body.mode)
+    item; in a namespace, pinned or not, with texts and payloads. Logged to the write-ahead
+    log before the bank changes."""
+    stored = len(body.items) if body.mode == "each" else 1
+    records = texts.records(stored, body.texts, body.payloads)
+    out = await engine.write(body.items, body.mode, body.namespace, records, body.pinned)
     return WriteResponse(slots=out.slots, evicted=out.evicted, used=out.used)
 
 
@@ -37,9 +51,12 @@ async def write(_: WriteAccess, engine: EngineDep, body: WriteBody) -> WriteResp
     responses=error_answers(401, 413, 415, 422, 503),
 )
 async def read(_: ReadAccess, engine: EngineDep, body: ReadBody) -> Response:
-    """For each query, the top_k stored slots by cosine similarity, best first, with the
-    slot's access count after this read and (reconstruct=true) the decoded item."""
-    results = await engine.read(body.queries, body.top_k, body.min_score, body.reconstruct)
+    """For each query, the top_k stored slots (of one namespace, or all) by cosine
+    similarity, best first, with the slot's access count after this read, (reconstruct=true)
+    the decoded item, and the slot's text and payload when it keeps them."""
+    results = await engine.read(
+        body.queries, body.top_k, body.min_score, body.reconstruct, body.namespace
+    )
     return FastJSON({"results": results})
 
 
@@ -53,3 +70,14 @@ async def get_slot(_: ReadAccess, engine: EngineDep, slot: SlotId) -> Response:
 async def delete_slot(_: WriteAccess, engine: EngineDep, slot: SlotId) -> DeleteResponse:
     """Free one occupied slot (logged first)."""
     return DeleteResponse(slot=slot, used=await engine.delete_slot(slot))
+
+
+@router.post(
+    "/slots/{i}/pin",
+    openapi_extra=body_doc(PinRequest),
+    response_model=SlotResponse,
+    responses=error_answers(401, 403, 404, 422, 503, 507),
+)
+async def pin_slot(_: WriteAccess, engine: EngineDep, slot: SlotId, body: PinBody) -> Response:
+    """Pin an occupied slot (never evicted; it can still be deleted) or unpin it."""
+    return FastJSON(await engine.pin(slot, body.pinned))
