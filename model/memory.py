@@ -517,7 +517,7 @@ class IDRPMemory:
         with self._lock:
             s = self.bank.check_occupied(slot)
             self._commit([Pin([s], bool(pinned))])
-            return self.bank.get(s)
+        return self.get(s)
 
     def preview(self, n: int, namespace: str = DEFAULT_NAMESPACE) -> Plan:
         """The slots a write of n rows into `namespace` would take now, and which of them it

@@ -4,6 +4,8 @@
     with MemoryTransitClient("http://127.0.0.1:8000", api_key="...") as mt:
         slot = mt.write([item]).slots[0]
         best = mt.read([item], top_k=1)[0][0]          # Hit(slot, score, count, reconstruction)
+        mt.remember(["Alice drinks tea."], [{"turn": 3}], namespace="alice")   # text codecs
+        mt.recall(["What does Alice drink?"], top_k=3, namespace="alice")[0]   # [Memory]
 
 Every 4xx / 5xx answer raises `APIError` carrying the status and the server's detail. A request
 the server would refuse for its form is refused here first, with the server's wording, as
@@ -26,10 +28,18 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from model.errors import InvalidInput
+from model.slots import check_namespace
 from service.schemas import (
     DeleteResponse,
+    ForgetResponse,
     Hit,
+    Memory,
+    NamespaceInfo,
+    NamespacesResponse,
+    PinRequest,
     ReadResponse,
+    RecallResponse,
+    RememberResponse,
     Request,
     SlotResponse,
     SnapshotResponse,
@@ -54,7 +64,13 @@ class APIError(Exception):
 
 
 # The server's request models without the limits that depend on its settings and weights.
-_MODELS = request_models(max_items=sys.maxsize, max_top_k=sys.maxsize, d=None)
+_MODELS = request_models(
+    max_items=sys.maxsize,
+    max_top_k=sys.maxsize,
+    d=None,
+    max_text_chars=sys.maxsize,
+    max_payload_bytes=sys.maxsize,
+)
 
 
 def _rows(rows: Rows) -> Any:
@@ -82,6 +98,31 @@ def _body(model: type[Request], **fields: Any) -> dict[str, Any]:
 
 def _write_body(items: Rows, mode: str) -> dict[str, Any]:
     return _body(_MODELS.write, items=_rows(items), mode=mode)
+
+
+def _remember_body(
+    texts: list[str],
+    payloads: list[dict[str, Any]] | None,
+    namespace: str,
+    pinned: bool,
+    dedup: float | None,
+) -> dict[str, Any]:
+    fields = {"texts": texts, "payloads": payloads, "namespace": namespace, "pinned": pinned}
+    return _body(_MODELS.remember, **fields, dedup=dedup)
+
+
+def _recall_body(
+    texts: list[str], top_k: int, min_score: float | None, namespace: str | None
+) -> dict[str, Any]:
+    return _body(_MODELS.recall, texts=texts, top_k=top_k, min_score=min_score, namespace=namespace)
+
+
+def _namespace(ns: str) -> str:
+    """The path of a namespace, refused here as the server refuses its name."""
+    try:
+        return f"/namespaces/{check_namespace(ns)}"
+    except ValueError as e:
+        raise InvalidInput(str(e)) from None
 
 
 def _slot(i: int) -> str:
@@ -184,6 +225,37 @@ class MemoryTransitClient:
     def metrics(self) -> str:
         return _check(self._http.get("/metrics")).text
 
+    def remember(
+        self,
+        texts: list[str],
+        payloads: list[dict[str, Any]] | None = None,
+        namespace: str = "default",
+        pinned: bool = False,
+        dedup: float | None = None,
+    ) -> RememberResponse:
+        body = _remember_body(texts, payloads, namespace, pinned, dedup)
+        return self._call(RememberResponse, "POST", "/remember", **body)
+
+    def recall(
+        self,
+        texts: list[str],
+        top_k: int = 1,
+        min_score: float | None = None,
+        namespace: str | None = None,
+    ) -> list[list[Memory]]:
+        body = _recall_body(texts, top_k, min_score, namespace)
+        return self._call(RecallResponse, "POST", "/recall", **body).results
+
+    def namespaces(self) -> dict[str, NamespaceInfo]:
+        return self._call(NamespacesResponse, "GET", "/namespaces").namespaces
+
+    def forget_namespace(self, namespace: str) -> ForgetResponse:
+        return self._call(ForgetResponse, "DELETE", _namespace(namespace))
+
+    def pin_slot(self, i: int, pinned: bool = True) -> SlotResponse:
+        body = _body(PinRequest, pinned=pinned)
+        return self._call(SlotResponse, "POST", f"{_slot(i)}/pin", **body)
+
 
 class AsyncMemoryTransitClient:
     """The same calls for asyncio code: `async with AsyncMemoryTransitClient(url) as mt`."""
@@ -252,3 +324,34 @@ class AsyncMemoryTransitClient:
 
     async def metrics(self) -> str:
         return _check(await self._http.get("/metrics")).text
+
+    async def remember(
+        self,
+        texts: list[str],
+        payloads: list[dict[str, Any]] | None = None,
+        namespace: str = "default",
+        pinned: bool = False,
+        dedup: float | None = None,
+    ) -> RememberResponse:
+        body = _remember_body(texts, payloads, namespace, pinned, dedup)
+        return await self._call(RememberResponse, "POST", "/remember", **body)
+
+    async def recall(
+        self,
+        texts: list[str],
+        top_k: int = 1,
+        min_score: float | None = None,
+        namespace: str | None = None,
+    ) -> list[list[Memory]]:
+        body = _recall_body(texts, top_k, min_score, namespace)
+        return (await self._call(RecallResponse, "POST", "/recall", **body)).results
+
+    async def namespaces(self) -> dict[str, NamespaceInfo]:
+        return (await self._call(NamespacesResponse, "GET", "/namespaces")).namespaces
+
+    async def forget_namespace(self, namespace: str) -> ForgetResponse:
+        return await self._call(ForgetResponse, "DELETE", _namespace(namespace))
+
+    async def pin_slot(self, i: int, pinned: bool = True) -> SlotResponse:
+        body = _body(PinRequest, pinned=pinned)
+        return await self._call(SlotResponse, "POST", f"{_slot(i)}/pin", **body)

@@ -365,11 +365,31 @@ class Engine:
         payloads: list[dict[str, Any]] | None = None,
         namespace: str = DEFAULT_NAMESPACE,
         pinned: bool = False,
-    ) -> WriteResult:
-        """Embed the texts and store one slot per text, with its text and payload."""
+        dedup: float | None = None,
+    ) -> tuple[WriteResult, list[int]]:
+        """Embed the texts and store one slot per text, with its text and payload; the
+        result, and the texts merged into a slot they duplicate (their slot is in the result).
+
+        dedup: a text whose best match in the namespace scores at least this cosine is not
+        stored again: that slot counts the access (a recall hit) and stands for the text."""
         rows = torch.from_numpy(await self._texts().embed(sentences))
         kept = texts.records(len(sentences), sentences, payloads)
-        return await self.write(rows, "each", namespace, kept, pinned)
+        twins: list[int | None] = [None] * len(sentences)
+        if dedup is not None:
+            found = await self.read(rows, 1, dedup, False, namespace)
+            twins = [hits[0].slot if hits else None for hits in found]
+        new = [i for i, twin in enumerate(twins) if twin is None]
+        if len(new) == len(sentences):
+            return await self.write(rows, "each", namespace, kept, pinned), []
+        if new:
+            records = None if kept is None else [kept[i] for i in new]
+            out = await self.write(rows[new], "each", namespace, records, pinned)
+        else:
+            out = WriteResult(slots=[], evicted=[], used=self.used)
+        stored = iter(out.slots)
+        slots = [next(stored) if twin is None else twin for twin in twins]
+        merged = [i for i, twin in enumerate(twins) if twin is not None]
+        return WriteResult(slots=slots, evicted=out.evicted, used=out.used), merged
 
     async def recall(
         self,

@@ -307,6 +307,11 @@ class RememberRequest(Request):
     payloads: Payloads | None = None
     namespace: Namespace = "default"
     pinned: bool = Field(default=False, description="Pinned slots are never evicted.")
+    dedup: Annotated[float | None, Field(ge=-1.0, le=1.0, allow_inf_nan=False)] = Field(
+        default=None,
+        description="A text whose best match in the namespace has at least this cosine is "
+        "merged into that memory (its slot counts the access) instead of stored again.",
+    )
 
     @model_validator(mode="after")
     def _one_per_text(self) -> RememberRequest:
@@ -407,6 +412,14 @@ class WriteResponse(BaseModel):
 
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"slots": [0], "evicted": [], "used": 1}]}
+    )
+
+
+class RememberResponse(WriteResponse):
+    merged: list[int] = Field(
+        default=[],
+        description="Indices of the texts merged into a memory they duplicate (dedup): their "
+        "slot in `slots` is that memory's, and nothing was stored for them.",
     )
 
 

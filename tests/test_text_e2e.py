@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from model import text_data
+from service.client import MemoryTransitClient
 from tests.test_e2e import free_port, server, server_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,9 +75,13 @@ def test_remember_recall_forget_and_survive_kill_9(tmp_path: Path) -> None:
         for i, hits in enumerate(found):
             if right[i]:  # its own text and payload come back with it
                 assert (hits[0]["text"], hits[0]["payload"]) == (verses[i], {"verse": keys[i]})
-        r = http.delete("/namespaces/alpha")
-        assert r.status_code == 200
-        assert r.json() == {"namespace": "alpha", "forgotten": list(range(half)), "used": half}
+        with MemoryTransitClient(url) as mt:  # the typed client speaks the same routes
+            assert mt.namespaces()["alpha"].used == half
+            gone = mt.forget_namespace("alpha")
+            assert (gone.namespace, gone.forgotten, gone.used) == ("alpha", list(range(half)), half)
+            [[memory]] = mt.recall([paraphrases[half]], namespace="beta")
+            assert memory.slot == found[half][0]["slot"]
+            assert mt.pin_slot(N - 1).pinned is True
         assert recall(http, paraphrases[:5], "alpha") == [[]] * 5
         beta = recall(http, paraphrases[half:], "beta")
         assert [h[0]["slot"] for h in beta] == [h[0]["slot"] for h in found[half:]]
@@ -91,10 +96,11 @@ def test_remember_recall_forget_and_survive_kill_9(tmp_path: Path) -> None:
         assert "alpha" not in http.get("/namespaces").json()["namespaces"]
         for i in (half, half + 7, N - 1):
             slot = http.get(f"/slots/{i}").json()
-            assert (slot["namespace"], slot["text"], slot["payload"]) == (
+            assert (slot["namespace"], slot["text"], slot["payload"], slot["pinned"]) == (
                 "beta",
                 verses[i],
                 {"verse": keys[i]},
+                i == N - 1,
             )
         again = recall(http, paraphrases[half:], "beta")
         assert [(h[0]["slot"], h[0]["text"], h[0]["payload"]) for h in again] == [

@@ -202,7 +202,7 @@ def test_remember_then_recall_by_paraphrase(text_client: TestClient) -> None:
         json={"texts": facts, "payloads": [{"i": i} for i in range(3)], "namespace": "crm"},
     )
     assert r.status_code == 200
-    assert r.json() == {"slots": [0, 1, 2], "evicted": [], "used": 3}
+    assert r.json() == {"slots": [0, 1, 2], "evicted": [], "used": 3, "merged": []}
     text_client.post("/remember", json={"texts": ["Alice hates green tea."], "namespace": "x"})
     questions = ["What does Alice drink?", "When was March's bill settled?", "Who plays cello?"]
     r = text_client.post("/recall", json={"texts": questions, "top_k": 2, "namespace": "crm"})
@@ -234,3 +234,33 @@ def test_remember_refuses_bad_texts_and_the_other_codecs_rows(text_client: TestC
         assert r.status_code == 422, (path, body)
         assert r.json()["detail"].startswith(detail), r.json()
     assert bank_state(text_client) == before
+
+
+def test_dedup_merges_a_near_duplicate_into_its_memory(text_client: TestClient) -> None:
+    first = text_client.post(
+        "/remember", json={"texts": ["The ferry to the island leaves at noon."], "namespace": "d"}
+    ).json()
+    [slot] = first["slots"]
+    used = text_client.get("/stats").json()["used"]
+    r = text_client.post(
+        "/remember",
+        json={
+            "texts": ["The ferry to the island leaves at noon!", "Penguins cannot fly."],
+            "payloads": [{"again": True}, {"new": True}],
+            "namespace": "d",
+            "dedup": 0.9,
+        },
+    )
+    assert r.status_code == 200
+    body = r.json()
+    assert body["merged"] == [0] and body["slots"][0] == slot and body["slots"][1] != slot
+    assert body["used"] == used + 1  # only the new text took a slot
+    kept = text_client.get(f"/slots/{slot}").json()
+    assert (kept["text"], kept["payload"], kept["count"]) == (
+        "The ferry to the island leaves at noon.",
+        None,
+        1,  # the merge counted one access
+    )
+    r = text_client.post("/remember", json={"texts": ["x"], "dedup": 1.5})
+    assert r.status_code == 422
+    assert r.json()["detail"] == "dedup: Input should be less than or equal to 1"

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 
 from service.deps import EngineDep, ReadAccess, RecallBody, RememberBody, WriteAccess, body_doc
 from service.responses import FastJSON, error_answers, memory
-from service.schemas import RecallRequest, RecallResponse, RememberRequest, WriteResponse
+from service.schemas import RecallRequest, RecallResponse, RememberRequest, RememberResponse
 
 router = APIRouter(tags=["text memory"])
 
@@ -16,10 +16,13 @@ router = APIRouter(tags=["text memory"])
     openapi_extra=body_doc(RememberRequest),
     responses=error_answers(401, 403, 409, 413, 415, 422, 503, 507),
 )
-async def remember(_: WriteAccess, engine: EngineDep, body: RememberBody) -> WriteResponse:
-    """Embed each text and store it in its own slot, with its payload, in a namespace."""
-    out = await engine.remember(body.texts, body.payloads, body.namespace, body.pinned)
-    return WriteResponse(slots=out.slots, evicted=out.evicted, used=out.used)
+async def remember(_: WriteAccess, engine: EngineDep, body: RememberBody) -> RememberResponse:
+    """Embed each text and store it in its own slot, with its payload, in a namespace; with
+    `dedup`, a text as close as that to a memory of the namespace is merged into it."""
+    out, merged = await engine.remember(
+        body.texts, body.payloads, body.namespace, body.pinned, body.dedup
+    )
+    return RememberResponse(slots=out.slots, evicted=out.evicted, used=out.used, merged=merged)
 
 
 @router.post(

@@ -1,0 +1,203 @@
+"""Text memory as a service: /remember and /recall throughput against the embedder alone, and
+the RAM a remembered text costs.
+
+    python -m bench.text_memory [--n 2000] [--batch 32] [--clients 2] [--out DIR]
+
+One run, on this machine, three measurements:
+- **embedder alone**: all-MiniLM-L6-v2 (model/embed.py) embedding the same texts in batches of
+  `--batch`, in process, one thread: the floor of any text memory built on it;
+- **/remember** and **/recall** over real uvicorn (`python -m service`, the shipped text codec
+  minilm-bible-m48, MT_WAL_FSYNC=always), `--clients` concurrent HTTP clients each sending
+  requests of `--batch` texts: texts per second, and that as a fraction of the embedder alone;
+- **RAM per slot** after remembering n verses with a payload each: the bank's `meta_bytes`
+  (namespace, pin, record: model/slots.py) per slot, the process RSS growth per slot over the
+  empty server, and the code bytes per slot, against a float32 384-d embedding (1,536 B).
+
+Texts: the first n KJV verses of the Bible task's bank (model/text_data.py); recall queries:
+their WEB paraphrases. Writes bench/results/text_memory.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import RESULTS, ROOT, command, md_table, write_results
+from model import text_data
+from model.embed import Embedder
+
+WEIGHTS = ROOT / "weights" / "minilm-bible-m48.safetensors"
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def embed_alone(texts: list[str], batch: int) -> float:
+    embedder = Embedder(batch_size=batch)
+    embedder.embed(texts[:batch])  # load and warm up
+    t0 = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        embedder.embed(texts[i : i + batch])
+    return len(texts) / (time.perf_counter() - t0)
+
+
+def load(url: str, path: str, bodies: list[dict[str, Any]], clients: int) -> float:
+    """Send the bodies from `clients` threads; texts per second over the whole run."""
+    queue = list(enumerate(bodies))
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def work() -> None:
+        with httpx.Client(base_url=url, timeout=300) as http:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    _, body = queue.pop(0)
+                r = http.post(path, json=body)
+                if r.status_code != 200:
+                    errors.append(r.text)
+
+    threads = [threading.Thread(target=work) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError(f"{len(errors)} failed requests, e.g. {errors[0]}")
+    return sum(len(b["texts"]) for b in bodies) / seconds
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=2000, help="texts remembered and recalled")
+    parser.add_argument("--batch", type=int, default=32, help="texts per request / embed call")
+    parser.add_argument("--clients", type=int, default=2, help="concurrent HTTP clients")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    task = text_data.bible_task()
+    texts, queries = list(task.bank_texts[: args.n]), list(task.query_texts[: args.n])
+    keys = list(task.bank_keys[: args.n])
+    alone = embed_alone(texts, args.batch)
+
+    folder = Path(tempfile.mkdtemp(prefix="mt-bench-text-"))
+    port = free_port()
+    env = {
+        **os.environ,
+        "MT_HOST": "127.0.0.1",
+        "MT_PORT": str(port),
+        "MT_WEIGHTS": str(WEIGHTS),
+        "MT_SNAPSHOT_DIR": str(folder / "snapshots"),
+        "MT_CAPACITY": str(args.n),
+        "MT_SNAPSHOT_EVERY_S": "0",
+        "MT_LOG_LEVEL": "warning",
+        "PYTHONPATH": str(ROOT),
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url, timeout=300) as http:
+            while True:
+                try:
+                    if http.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if proc.poll() is not None:
+                    raise RuntimeError("the server did not start")
+                time.sleep(0.2)
+            http.post("/recall", json={"texts": ["warm up"]})
+            empty_rss = rss_bytes(proc.pid)
+            b = args.batch
+            remember_bodies = [
+                {"texts": texts[i : i + b], "payloads": [{"verse": k} for k in keys[i : i + b]]}
+                for i in range(0, args.n, b)
+            ]
+            remember = load(url, "/remember", remember_bodies, args.clients)
+            recall_bodies = [{"texts": queries[i : i + b]} for i in range(0, args.n, b)]
+            recall = load(url, "/recall", recall_bodies, args.clients)
+            stats = http.get("/stats").json()
+            filled_rss = rss_bytes(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    used = stats["used"]
+    meta = stats.get("meta_bytes", 0)
+    code = stats["bank_bytes"] / stats["capacity"]
+    text_bytes = sum(len(t.encode()) for t in texts) / len(texts)
+    rows = [
+        ["embedder alone (in process, 1 thread)", f"{alone:,.0f}", "1.00"],
+        [
+            f"/remember over HTTP ({args.clients} clients)",
+            f"{remember:,.0f}",
+            f"{remember / alone:.2f}",
+        ],
+        [f"/recall over HTTP ({args.clients} clients)", f"{recall:,.0f}", f"{recall / alone:.2f}"],
+    ]
+    ram = [
+        ["bank state (codes int8/float32 + counters) per slot", f"{code:,.0f}"],
+        ["metadata (namespace, pin, record) per slot", f"{meta / used:,.0f}"],
+        ["mean verse text (UTF-8)", f"{text_bytes:,.0f}"],
+        ["process RSS growth per remembered text", f"{(filled_rss - empty_rss) / used:,.0f}"],
+        ["a float32 384-d embedding, for comparison", "1,536"],
+    ]
+    md = (
+        "# Text memory: throughput against the embedder alone, and RAM per slot\n\n"
+        f"{args.n} KJV verses remembered (with a payload each), then recalled by their WEB "
+        f"paraphrases; {args.batch} texts per request; weights {WEIGHTS.name}; "
+        f"`{command(argv, 'bench.text_memory')}`.\n\n"
+        + md_table(["path", "texts/s", "x embedder alone"], rows, "lrr")
+        + "\n\n"
+        + md_table(["RAM", "bytes"], ram, "lr")
+        + "\n"
+    )
+    report = {
+        "command": command(argv, "bench.text_memory"),
+        "n": args.n,
+        "batch": args.batch,
+        "clients": args.clients,
+        "texts_per_s": {"embedder_alone": alone, "remember": remember, "recall": recall},
+        "bytes_per_slot": {
+            "bank_state": code,
+            "meta": meta / used,
+            "rss_growth": (filled_rss - empty_rss) / used,
+            "mean_text": text_bytes,
+        },
+        "stats": stats,
+    }
+    print(md)
+    write_results("text_memory", md, report, args.out)
+    return report
+
+
+if __name__ == "__main__":
+    main()
