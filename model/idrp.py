@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -126,12 +127,19 @@ class IDRP(nn.Module):
         return self.decode(self.encode(x))
 
     def loss(
-        self, x: Tensor, aux_weight: float = 0.0, code_noise: float = 0.0
+        self,
+        x: Tensor,
+        aux_weight: float = 0.0,
+        code_noise: float = 0.0,
+        sim_weight: float = 0.0,
+        sim_temp: float = 0.0,
     ) -> tuple[Tensor, dict[str, float]]:
         """Reconstruction MSE (+ aux_weight * MSE of g's z_aux prediction), for training.
 
         code_noise > 0 decodes z_comp + N(0, code_noise^2): the decoder learns to be smooth
         around each code, which helps held-out items and quantised (int8) codes.
+        sim_weight > 0 adds a similarity-keeping term (`similarity_loss`): the cosines between
+        the batch's codes should rank like the cosines between its items.
         """
         x = x.reshape(x.shape[0], -1)
         z_comp, z_aux = self.forward_codes(x)
@@ -142,7 +150,11 @@ class IDRP(nn.Module):
         if aux_weight > 0:
             aux = F.mse_loss(self.predictor(z_comp), z_aux)
             total = total + aux_weight * aux
-        return total, {"recon": recon.item(), "aux": aux.item()}
+        sim = torch.zeros((), device=x.device)
+        if sim_weight > 0:
+            sim = similarity_loss(x, z_comp, sim_temp)
+            total = total + sim_weight * sim
+        return total, {"recon": recon.item(), "aux": aux.item(), "sim": sim.item()}
 
     def predictor_loss(self, x: Tensor) -> Tensor:
         """MSE of g(z_comp) against z_aux with f frozen: the paper's pre-training phase for g."""
@@ -162,7 +174,10 @@ class IDRP(nn.Module):
         """
         x64 = x.reshape(x.shape[0], -1).to(torch.float64)
         mean = x64.mean(dim=0)  # (d,)
-        _, sv, vh = torch.linalg.svd(x64 - mean, full_matrices=True)  # vh (d, d), rows = PCs
+        # vh must be (d, d) even when there are fewer items than d (full_matrices); with many
+        # items the full U (N, N) would not fit in memory, and the thin SVD has the same vh.
+        full = x64.shape[0] < self.config.d or x64.shape[0] ** 2 * 8 <= 2**32
+        _, sv, vh = torch.linalg.svd(x64 - mean, full_matrices=full)  # vh (d, d), rows = PCs
         total_var = (sv**2).sum() / max(x64.shape[0] - 1, 1)
         scale = (total_var / self.config.d).sqrt().clamp_min(1e-12)
         order = self.flow.output_order().cpu()  # z[:, j] = u[:, order[j]]
@@ -177,6 +192,40 @@ class IDRP(nn.Module):
         for i in range(0, x.shape[0], batch_size):
             peak = torch.maximum(peak, self.encode(x[i : i + batch_size]).abs().amax(dim=0))
         self.code_scales.copy_(peak.clamp_min(1e-8) / 127.0)
+
+
+def similarity_loss(x: Tensor, z: Tensor, temp: float = 0.0) -> Tensor:
+    """How far the in-batch cosines of codes z (B, m) are from those of items x (B, d).
+
+    temp == 0: MSE between the two cosine matrices (diagonal excluded). temp > 0: listwise, the
+    KL divergence from softmax(cos_x / temp) to softmax(cos_z / temp) per row (diagonal
+    excluded), which weighs each item's nearest neighbours most, as a read does.
+    """
+    b = x.shape[0]
+    cx = F.normalize(x, dim=1) @ F.normalize(x, dim=1).T  # (B, B)
+    cz = F.normalize(z, dim=1) @ F.normalize(z, dim=1).T
+    off = ~torch.eye(b, dtype=torch.bool, device=x.device)
+    if temp <= 0:
+        return ((cz - cx)[off] ** 2).mean()
+    lx = (cx / temp).masked_fill(~off, float("-inf"))
+    lz = (cz / temp).masked_fill(~off, float("-inf"))
+    p = F.softmax(lx, dim=1)
+    kl = p * (F.log_softmax(lx, dim=1) - F.log_softmax(lz, dim=1))
+    return kl.masked_fill(~off, 0.0).sum(dim=1).mean()
+
+
+def encode_batched(model: IDRP, x: Tensor | np.ndarray, batch_size: int = 2048) -> Tensor:
+    """Codes (N, m) of items x (N, d), in batches; on the CPU."""
+    xt = torch.as_tensor(x)
+    parts = [model.encode(xt[i : i + batch_size]).cpu() for i in range(0, len(xt), batch_size)]
+    return torch.cat(parts) if parts else torch.zeros(0, model.config.m)
+
+
+def decode_batched(model: IDRP, z: Tensor | np.ndarray, batch_size: int = 2048) -> Tensor:
+    """Reconstructions (N, d) of codes z (N, m), in batches; on the CPU."""
+    zt = torch.as_tensor(z)
+    parts = [model.decode(zt[i : i + batch_size]).cpu() for i in range(0, len(zt), batch_size)]
+    return torch.cat(parts) if parts else torch.zeros(0, model.config.d)
 
 
 class _Encoder(nn.Module):

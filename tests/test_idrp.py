@@ -9,7 +9,7 @@ from torch import nn
 
 from model.config import IDRPConfig
 from model.flow import AffineCoupling
-from model.idrp import IDRP, compile_codec
+from model.idrp import IDRP, compile_codec, decode_batched, encode_batched, similarity_loss
 from model.testing import tiny_idrp
 from model.train import random_affine, random_shift
 
@@ -289,3 +289,24 @@ def test_compiled_codec_is_checked_against_eager(monkeypatch: pytest.MonkeyPatch
         compile_codec(model)
     with pytest.raises(ValueError, match="expected a model in eval mode"):
         compile_codec(tiny_idrp().train())
+
+
+@pytest.mark.parametrize("temp", [0.0, 0.05])
+def test_similarity_loss_is_zero_for_the_same_cosines_and_grows_with_distortion(
+    temp: float,
+) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 12, generator=g)
+    assert float(similarity_loss(x, 3 * x, temp)) == pytest.approx(0.0, abs=1e-6)
+    near = similarity_loss(x, x + 0.1 * torch.randn(32, 12, generator=g), temp)
+    far = similarity_loss(x, torch.randn(32, 12, generator=g), temp)
+    assert 0 < float(near) < float(far)
+
+
+def test_batched_encode_and_decode_match_one_call() -> None:
+    model = IDRP(IDRPConfig(d=10, m=4, n_layers=2, hidden=8, n_blocks=1, predictor_hidden=8))
+    x = torch.rand(7, 10)
+    z = encode_batched(model, x.numpy(), batch_size=3)
+    torch.testing.assert_close(z, model.encode(x))
+    torch.testing.assert_close(decode_batched(model, z, batch_size=2), model.decode(z))
+    assert encode_batched(model, x[:0]).shape == (0, 4)
