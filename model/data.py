@@ -9,11 +9,22 @@ or model selection; `train.py` carves its validation set out of the training ite
            stratify=y): 4000 / 1000 (28x28)
 - patches: 8x8 BT.601 luma patches of sklearn's sample images; china.jpg at stride 4 trains
            (16,695), flower.jpg at stride 8 tests (4,240)
+
+Text (sentence embeddings, unit rows in [-1, 1], d = the embedder's dim; `model/text_data.py`
+has the corpora and splits, `model/embed.py` the embedder and the cache these read, filled once
+by `python -m model.embed`):
+
+- bible-minilm:   all-MiniLM-L6-v2 embeddings of the Bible task's training verses (28,552); test =
+                  its bank (20,000 KJV verses) then its queries (2,000 WEB verses)
+- wordnet-minilm: WordNet training glosses and examples (95,606); test = bank (50,000) + queries
+- text-minilm:    both training sets (124,158); test = the Bible task's bank + queries
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +35,10 @@ class Split:
     train: np.ndarray  # (N_train, d) float32 in [0, 1]
     test: np.ndarray  # (N_test, d) float32 in [0, 1]
     shape: tuple[int, ...]  # shape of one item, e.g. (8, 8)
+    # the range every value lies in: reconstructions are clipped to it when scored
+    value_range: tuple[float, float] = (0.0, 1.0)
+    # facts a weights file trained on these data records (text: the embedder it was made for)
+    meta: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def d(self) -> int:
@@ -63,7 +78,42 @@ def patches(size: int = 8) -> Split:
     return Split("patches", train, test, (size, size))
 
 
-LOADERS = {"digits": digits, "mnist": mnist, "patches": patches}
+def _text(tasks: tuple[str, ...], test_task: str, name: str) -> Split:
+    from model import embed, text_data
+
+    spec = embed.MINILM
+    loaded = {t: text_data.load_task(t) for t in {*tasks, test_task}}
+    train = np.concatenate([embed.cached_embeddings(loaded[t], "train", spec) for t in tasks])
+    test_parts = [embed.cached_embeddings(loaded[test_task], p, spec) for p in ("bank", "query")]
+    meta = {
+        "embedder": spec.info(),
+        "text_tasks": list(tasks),
+        "train_texts": {t: len(loaded[t].train_texts) for t in tasks},
+    }
+    return Split(name, train, np.concatenate(test_parts), (spec.dim,), (-1.0, 1.0), meta)
+
+
+def bible_minilm() -> Split:
+    return _text(("bible",), "bible", "bible-minilm")
+
+
+def wordnet_minilm() -> Split:
+    return _text(("wordnet",), "wordnet", "wordnet-minilm")
+
+
+def text_minilm() -> Split:
+    return _text(("bible", "wordnet"), "bible", "text-minilm")
+
+
+LOADERS: dict[str, Callable[[], Split]] = {
+    "digits": digits,
+    "mnist": mnist,
+    "patches": patches,
+    "bible-minilm": bible_minilm,
+    "wordnet-minilm": wordnet_minilm,
+    "text-minilm": text_minilm,
+}
+IMAGE_DATA = ("digits", "mnist", "patches")
 
 
 def load(name: str) -> Split:

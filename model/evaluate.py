@@ -20,7 +20,7 @@ import torch
 from sklearn.decomposition import PCA
 
 from model import data as datasets
-from model.checkpoint import load_idrp
+from model.checkpoint import load_idrp, read_metadata
 from model.idrp import IDRP
 
 
@@ -37,6 +37,11 @@ def metrics(x: np.ndarray, x_hat: np.ndarray) -> dict[str, float]:
         "mae": float(np.abs(x_hat - x).mean()),
         "mse": mse,
     }
+
+
+def is_text_codec(info: dict[str, object]) -> bool:
+    """Text codecs (trained on sentence embeddings) name their embedder; bench.text scores them."""
+    return isinstance(info.get("embedder"), dict)
 
 
 def idrp_reconstruct(
@@ -78,6 +83,8 @@ def evaluate(
     weights: Path, out_dir: Path, device: str = "cpu", refine_steps: int = 25
 ) -> dict[str, object]:
     model = load_idrp(weights, device=device)
+    if is_text_codec(model.info):
+        raise ValueError(f"{weights} is a text codec: score it with `python -m bench.text`")
     data_name = str(model.info.get("data", ""))
     split = datasets.load(data_name)
     m = model.config.m
@@ -145,7 +152,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--refine-steps", type=int, default=25, help="also score refined codes")
     args = p.parse_args(argv)
-    files = [Path(w) for w in args.weights] or sorted(Path("weights").glob("*.safetensors"))
+    files = [Path(w) for w in args.weights] or [
+        f
+        for f in sorted(Path("weights").glob("*.safetensors"))
+        if not is_text_codec(json.loads(read_metadata(f).get("info", "{}")))
+    ]
     results = [evaluate(f, Path(args.out_dir), args.device, args.refine_steps) for f in files]
     text = table(results)
     print(text)

@@ -25,7 +25,8 @@ from tqdm import tqdm
 from model import data as datasets
 from model.checkpoint import save_idrp
 from model.config import IDRPConfig
-from model.idrp import IDRP
+from model.idrp import IDRP, encode_batched
+from model.ratecode import fit_rate_code
 
 
 def random_shift(
@@ -74,13 +75,24 @@ def random_affine(
 
 
 @torch.no_grad()
-def mean_mse(model: IDRP, x: torch.Tensor, batch_size: int = 1024) -> float:
+def mean_mse(
+    model: IDRP, x: torch.Tensor, batch_size: int = 1024, value_range: tuple[float, float] = (0, 1)
+) -> float:
+    """Mean squared error of the reconstructions, clipped to the data's value range."""
     model.eval()
     total = 0.0
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size]
-        total += float(((model.reconstruct(xb).clamp(0, 1) - xb) ** 2).sum())
+        total += float(((model.reconstruct(xb).clamp(*value_range) - xb) ** 2).sum())
     return total / x.numel()
+
+
+def rate_codes(model: IDRP, x: np.ndarray, budgets: list[int], seed: int) -> dict[str, object]:
+    """Rate-allocated codes (model/ratecode.py) of the model's codes of x, per budget in bytes."""
+    if not budgets:
+        return {}
+    z = encode_batched(model, x).numpy()
+    return {f"{b}B": fit_rate_code(z, b, seed=seed).to_dict() for b in sorted(set(budgets))}
 
 
 def hardware() -> str:
@@ -114,7 +126,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--affine", type=float, default=0.0, help="random affine augmentation strength")
     p.add_argument("--noise", type=float, default=0.0, help="std of Gaussian input noise")
     p.add_argument("--code-noise", type=float, default=0.0, help="std of noise on z_comp")
+    p.add_argument("--sim-weight", type=float, default=0.0, help="similarity-keeping term")
+    p.add_argument("--sim-temp", type=float, default=0.0, help="0: cosine MSE; > 0: listwise KL")
     p.add_argument("--ema", type=float, default=0.0, help="EMA decay of weights (0 = off)")
+    p.add_argument("--rate-bytes", type=int, nargs="*", default=[], help="rate codes to fit, B")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--patience", type=int, default=40, help="epochs without val improvement")
     p.add_argument("--max-train", type=int, default=0, help="use at most this many train items")
@@ -125,15 +140,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def train(args: argparse.Namespace) -> Path:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    split = datasets.load(args.data)
-    train_np = split.train[: args.max_train] if args.max_train else split.train
-    fit_np, val_np = datasets.train_val_split(train_np, args.val_fraction, args.seed)
-    x_fit, x_val = torch.from_numpy(fit_np), torch.from_numpy(val_np)
+def build_model(args: argparse.Namespace, d: int, x_fit: torch.Tensor) -> IDRP:
     config = IDRPConfig(
-        d=split.d,
+        d=d,
         m=args.m,
         n_layers=args.n_layers,
         hidden=args.hidden,
@@ -146,24 +155,27 @@ def train(args: argparse.Namespace) -> Path:
     model = IDRP(config)
     if config.pca_init:
         model.fit_pca(x_fit)
-    g = torch.Generator().manual_seed(args.seed)
-    start = time.time()
-    init_val = mean_mse(model, x_val)
+    return model
 
-    if args.pretrain_epochs:
-        opt_g = torch.optim.AdamW(model.predictor.parameters(), lr=args.lr)
-        for _ in tqdm(range(args.pretrain_epochs), desc="pre-train g", file=sys.stderr):
-            model.train()
-            for idx in torch.randperm(len(x_fit), generator=g).split(args.batch_size):
-                opt_g.zero_grad(set_to_none=True)
-                model.predictor_loss(x_fit[idx]).backward()
-                opt_g.step()
 
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = math.ceil(len(x_fit) / args.batch_size)
-    total_steps = args.epochs * steps_per_epoch
+def pretrain_predictor(
+    model: IDRP, x_fit: torch.Tensor, args: argparse.Namespace, g: torch.Generator
+) -> None:
+    """The paper's pre-training phase: g alone, f frozen, for args.pretrain_epochs."""
+    opt_g = torch.optim.AdamW(model.predictor.parameters(), lr=args.lr)
+    for _ in tqdm(range(args.pretrain_epochs), desc="pre-train g", file=sys.stderr):
+        model.train()
+        for idx in torch.randperm(len(x_fit), generator=g).split(args.batch_size):
+            opt_g.zero_grad(set_to_none=True)
+            model.predictor_loss(x_fit[idx]).backward()
+            opt_g.step()
+
+
+def warmup_cosine(
+    opt: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     warmup = min(500, total_steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
+    return torch.optim.lr_scheduler.LambdaLR(
         opt,
         lambda s: (
             min(1.0, (s + 1) / max(warmup, 1))
@@ -171,6 +183,25 @@ def train(args: argparse.Namespace) -> Path:
             * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
         ),
     )
+
+
+Best = tuple[float, int, dict[str, torch.Tensor]]  # (val MSE, epoch, state dict)
+
+
+def fit(
+    model: IDRP,
+    split: datasets.Split,
+    x_fit: torch.Tensor,
+    x_val: torch.Tensor,
+    args: argparse.Namespace,
+    g: torch.Generator,
+    init_val: float,
+) -> tuple[Best, int]:
+    """Joint training with early stopping on x_val (init_val: its MSE before training, the floor
+    to beat); the best (val MSE, epoch, state) and the epochs run."""
+    vrange = split.value_range
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    sched = warmup_cosine(opt, args.epochs * math.ceil(len(x_fit) / args.batch_size))
     ema = (
         torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema)
@@ -178,21 +209,24 @@ def train(args: argparse.Namespace) -> Path:
         if args.ema
         else None
     )
-    best = (init_val, 0, {k: v.clone() for k, v in model.state_dict().items()})
-    bar = tqdm(
-        range(1, args.epochs + 1),
-        desc=f"train {args.data} m={args.m}",
-        file=sys.stderr,
-        mininterval=5,
-    )
+    best: Best = (init_val, 0, clone_state(model))
+    desc = f"train {args.data} m={args.m}"
+    bar = tqdm(range(1, args.epochs + 1), desc=desc, file=sys.stderr, mininterval=5)
+    epoch = 0
     for epoch in bar:
         model.train()
         for idx in torch.randperm(len(x_fit), generator=g).split(args.batch_size):
             xb = random_shift(x_fit[idx], split.shape, args.shift, g)
             xb = random_affine(xb, split.shape, args.affine, g)
             if args.noise:
-                xb = (xb + args.noise * torch.randn(xb.shape, generator=g)).clamp(0, 1)
-            loss, parts = model.loss(xb, aux_weight=args.aux_weight, code_noise=args.code_noise)
+                xb = (xb + args.noise * torch.randn(xb.shape, generator=g)).clamp(*vrange)
+            loss, parts = model.loss(
+                xb,
+                aux_weight=args.aux_weight,
+                code_noise=args.code_noise,
+                sim_weight=args.sim_weight,
+                sim_temp=args.sim_temp,
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -201,28 +235,51 @@ def train(args: argparse.Namespace) -> Path:
             if ema is not None:
                 ema.update_parameters(model)
         scored = model if ema is None else cast(IDRP, ema.module)
-        val = mean_mse(scored, x_val)
+        val = mean_mse(scored, x_val, value_range=vrange)
         if val < best[0]:
-            best = (val, epoch, {k: v.clone() for k, v in scored.state_dict().items()})
+            best = (val, epoch, clone_state(scored))
         bar.set_postfix(
             train=f"{parts['recon']:.5f}", val=f"{val:.5f}", best=f"{best[0]:.5f}@{best[1]}"
         )
         if epoch - best[1] >= args.patience:
             break
+    return best, epoch
+
+
+def clone_state(model: IDRP) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def train(args: argparse.Namespace) -> Path:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    split = datasets.load(args.data)
+    train_np = split.train[: args.max_train] if args.max_train else split.train
+    fit_np, val_np = datasets.train_val_split(train_np, args.val_fraction, args.seed)
+    x_fit, x_val = torch.from_numpy(fit_np), torch.from_numpy(val_np)
+    model = build_model(args, split.d, x_fit)
+    g = torch.Generator().manual_seed(args.seed)
+    start = time.time()
+    init_val = mean_mse(model, x_val, value_range=split.value_range)
+    if args.pretrain_epochs:
+        pretrain_predictor(model, x_fit, args, g)
+    best, epochs_run = fit(model, split, x_fit, x_val, args, g, init_val)
     model.load_state_dict(best[2])
     model.eval()
     model.calibrate_code_scales(torch.from_numpy(train_np))
+    rates = rate_codes(model, fit_np, args.rate_bytes, args.seed)
     seconds = time.time() - start
     name = args.name or f"{args.data}-m{args.m}"
     out = Path(args.out_dir) / f"{name}.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
     info = {
+        **split.meta,
         "data": args.data,
         "train_items": len(fit_np),
         "val_items": len(val_np),
         "test_items_used": 0,
         "best_epoch": best[1],
-        "epochs_run": epoch,
+        "epochs_run": epochs_run,
         "val_mse_init": init_val,
         "val_mse_best": best[0],
         "train_seconds": round(seconds, 1),
@@ -230,6 +287,8 @@ def train(args: argparse.Namespace) -> Path:
         "torch": torch.__version__,
         "command": "python -m model.train " + shlex.join(args.argv),
     }
+    if rates:
+        info["rate_codes"] = rates  # fitted on the fit split's codes (model/ratecode.py)
     fp = save_idrp(model, out, name=name, info=info, shape=split.shape)
     print(json.dumps({"weights": str(out), "fingerprint": fp, **info}, indent=2))
     return out

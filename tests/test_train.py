@@ -5,6 +5,7 @@ from pathlib import Path
 
 from model.checkpoint import load_idrp
 from model.evaluate import main as evaluate_main
+from model.ratecode import RateCode
 from model.train import parse_args, train
 
 TINY = ["--n-layers", "2", "--hidden", "16", "--n-blocks", "1", "--predictor-hidden", "16"]
@@ -37,3 +38,12 @@ def test_evaluate_writes_results_and_figure(tmp_path: Path, capsys) -> None:  # 
     assert 10 < result["test"]["pca"]["psnr"] < 40
     assert (tmp_path / "eval" / "tiny.png").stat().st_size > 1000
     assert "| tiny | test |" in capsys.readouterr().out
+
+
+def test_similarity_term_and_rate_codes_are_recorded(tmp_path: Path) -> None:
+    args = ("--sim-weight", "1e-3", "--sim-temp", "0.05", "--rate-bytes", "4", "6")
+    model = load_idrp(run(tmp_path, "rate", *args))
+    codes = model.info["rate_codes"]
+    assert isinstance(codes, dict) and sorted(codes) == ["4B", "6B"]
+    assert [RateCode.from_dict(codes[k]).code_bytes for k in ("4B", "6B")] == [4, 6]
+    assert "--sim-weight 1e-3" in str(model.info["command"])
