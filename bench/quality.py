@@ -50,12 +50,12 @@ from sklearn.decomposition import PCA
 from threadpoolctl import threadpool_limits
 from torch import Tensor
 
-from bench.common import RESULTS, ROOT, command, md_table, write_results
+from bench.common import RESULTS, ROOT, command, finish, md_table, set_threads, weights_where
 from model import data as datasets
 from model.bank import MemoryBank
-from model.checkpoint import load_idrp, read_metadata
+from model.checkpoint import load_idrp
 from model.evaluate import metrics
-from model.idrp import IDRP
+from model.idrp import decode_batched, encode_batched
 
 BUDGETS = (16, 32, 64, 128)
 QUICK_BUDGETS = (16, 64)
@@ -177,20 +177,6 @@ def pq_roundtrip(
     return x_hat, info
 
 
-@torch.no_grad()
-def idrp_codes(model: IDRP, x: np.ndarray, batch_size: int = 500) -> Tensor:
-    parts = [
-        model.encode(torch.from_numpy(x[i : i + batch_size])) for i in range(0, len(x), batch_size)
-    ]
-    return torch.cat(parts).cpu()
-
-
-@torch.no_grad()
-def idrp_decode(model: IDRP, z: Tensor, batch_size: int = 500) -> np.ndarray:
-    parts = [model.decode(z[i : i + batch_size]).cpu() for i in range(0, len(z), batch_size)]
-    return torch.cat(parts).numpy()
-
-
 # ------------------------------------------------------------------------------- read fidelity
 
 
@@ -246,16 +232,6 @@ def scored(
     }
 
 
-def find_weights(weights_dir: Path, data_name: str) -> list[Path]:
-    """Every weights file in weights_dir whose info["data"] is data_name."""
-    found = []
-    for path in sorted(weights_dir.glob("*.safetensors")):
-        info = json.loads(read_metadata(path).get("info", "{}"))
-        if info.get("data") == data_name:
-            found.append(path)
-    return found
-
-
 class Bench:
     """One data set: fits on split.train, scores on split.test, fills `cells` and `recall`."""
 
@@ -296,9 +272,9 @@ class Bench:
                     "config": json.loads(model.config.to_json()),
                 }
             )
-            z_test, z_train = idrp_codes(model, test), idrp_codes(model, train)
+            z_test, z_train = encode_batched(model, test, 500), encode_batched(model, train, 500)
             for dtype in DTYPE_BYTES:
-                x_hat = idrp_decode(model, stored(z_test, dtype, model.code_scales))
+                x_hat = decode_batched(model, stored(z_test, dtype, model.code_scales), 500).numpy()
                 label = f"{model.name} {SHORT[dtype]}"
                 self.idrp.append(
                     scored(
@@ -401,7 +377,7 @@ def bench_dataset(
     name: str, budgets: Sequence[int], weights_dir: Path, opq_niter: int, log: bool = True
 ) -> dict[str, Any]:
     b = Bench(datasets.load(name), budgets, log)
-    b.run_idrp(find_weights(weights_dir, name))
+    b.run_idrp(weights_where(weights_dir, lambda info: info.get("data") == name))
     b.run_pca()
     b.run_faiss(opq_niter)
     b.run_raw()
@@ -521,13 +497,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = args.data or (["digits"] if args.quick else ["digits", "mnist"])
     budgets = tuple(args.budgets or (QUICK_BUDGETS if args.quick else BUDGETS))
     opq_niter = args.opq_niter or (REFERENCE_OPQ_NITER if args.quick else 25)
-    torch.set_num_threads(args.threads)
-    try:
-        import faiss
-
-        faiss.omp_set_num_threads(args.threads)
-    except ImportError:
-        pass  # PQ / OPQ cells say so
+    set_threads(args.threads)  # without faiss, the PQ / OPQ cells say so
 
     report: dict[str, Any] = {
         "command": command(argv, "bench.quality"),
@@ -548,9 +518,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             report["datasets"][name] = r
             print("\n" + render_dataset(name, r) + "\n", flush=True)
     report["seconds"] = time.perf_counter() - t0
-    if args.out is not None or not args.quick:
-        md, js = write_results("quality", render(report), report, args.out or RESULTS)
-        print(f"wrote {md} and {js}")
+    finish("quality", lambda: render(report), report, args.out, args.quick)
     return report
 
 
