@@ -29,26 +29,22 @@ from pydantic import BaseModel, ValidationError
 
 from model.errors import InvalidInput
 from model.slots import check_namespace
-from service.schemas import (
+from service.answers import (
     DeleteResponse,
     ForgetResponse,
     Hit,
     Memory,
     NamespaceInfo,
     NamespacesResponse,
-    PinRequest,
     ReadResponse,
     RecallResponse,
     RememberResponse,
-    Request,
     SlotResponse,
     SnapshotResponse,
     StatsResponse,
     WriteResponse,
-    request_models,
-    slot_id,
-    validation_detail,
 )
+from service.schemas import PinRequest, Request, request_models, slot_id, validation_detail
 
 M = TypeVar("M", bound=BaseModel)
 Rows = Sequence[Sequence[float]] | Any  # lists of floats, or anything with .tolist() (numpy, torch)

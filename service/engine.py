@@ -511,7 +511,7 @@ class Engine:
     # ------------------------------------------------------------------ stats
 
     async def stats(self) -> dict[str, Any]:
-        """Everything /stats reports (see schemas.StatsResponse)."""
+        """Everything /stats reports (see answers.StatsResponse)."""
         self._check_ready()
         bank = await self._run(self._memory().stats)
         assert self.model is not None and self._reads is not None and self._writes is not None

@@ -1,6 +1,6 @@
 """The one place where errors become HTTP answers.
 
-Every error answer has the same shape, `{"detail": "<one sentence>"}` (schemas.ErrorResponse):
+Every error answer has the same shape, `{"detail": "<one sentence>"}` (answers.ErrorResponse):
 request validation errors are flattened into that sentence too, rather than FastAPI's list of
 error objects, so clients handle one format. Messages name the problem and the allowed values;
 they never echo stack traces, file paths of the server or other internals, and what they repeat
@@ -39,7 +39,8 @@ from model.errors import (
     PersistenceError,
     SlotNotFound,
 )
-from service.schemas import ErrorResponse, clip, validation_detail
+from service.answers import ErrorResponse
+from service.schemas import clip, validation_detail
 from service.texts import NotATextCodec
 
 log = logging.getLogger("service.errors")

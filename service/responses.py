@@ -13,8 +13,8 @@ from torch import Tensor
 from model.bank import SlotView
 from model.memory import Hit
 from service import texts
+from service.answers import ErrorResponse
 from service.errors import AUTH_RESPONSES, ERROR_RESPONSES
-from service.schemas import ErrorResponse
 
 _ERROR_ANSWERS: dict[int | str, dict[str, Any]] = {
     **ERROR_RESPONSES,

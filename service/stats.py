@@ -1,5 +1,5 @@
 """What GET /stats reports, assembled from the parts that know each figure (the bank, the model,
-the queues, the persistence, what recovery found). Field meanings: schemas.StatsResponse."""
+the queues, the persistence, what recovery found). Field meanings: answers.StatsResponse."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from service import texts
+from service.answers import DeleteResponse, ReadResponse, SlotResponse, WriteResponse
 from service.deps import (
     EngineDep,
     PinBody,
@@ -16,15 +17,7 @@ from service.deps import (
     body_doc,
 )
 from service.responses import FastJSON, error_answers
-from service.schemas import (
-    DeleteResponse,
-    PinRequest,
-    ReadRequest,
-    ReadResponse,
-    SlotResponse,
-    WriteRequest,
-    WriteResponse,
-)
+from service.schemas import PinRequest, ReadRequest, WriteRequest
 
 router = APIRouter(tags=["memory"])
 

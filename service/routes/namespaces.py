@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from service.answers import ForgetResponse, NamespacesResponse, PreviewResponse
 from service.deps import EngineDep, NamespaceName, PreviewBody, ReadAccess, WriteAccess, body_doc
 from service.responses import error_answers
-from service.schemas import (
-    ForgetResponse,
-    NamespacesResponse,
-    PreviewRequest,
-    PreviewResponse,
-)
+from service.schemas import PreviewRequest
 
 router = APIRouter(tags=["namespaces"])
 

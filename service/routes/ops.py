@@ -15,11 +15,7 @@ from fastapi import APIRouter, Query, Request, Response
 from model.bank import MemoryBank
 from model.checkpoint import item_shape, read_metadata
 from model.errors import CheckpointError, NotReady
-from service.deps import EngineDep, ReadAccess, WriteAccess, ready_engine
-from service.engine import Engine
-from service.metrics import CONTENT_TYPE, Metrics
-from service.responses import error_answers
-from service.schemas import (
+from service.answers import (
     CodecKind,
     CodecResponse,
     EvictionResponse,
@@ -31,6 +27,10 @@ from service.schemas import (
     SnapshotResponse,
     StatsResponse,
 )
+from service.deps import EngineDep, ReadAccess, WriteAccess, ready_engine
+from service.engine import Engine
+from service.metrics import CONTENT_TYPE, Metrics
+from service.responses import error_answers
 
 MAX_PAGE = 1000  # slots per GET /slots page
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
+from service.answers import RecallResponse, RememberResponse
 from service.deps import EngineDep, ReadAccess, RecallBody, RememberBody, WriteAccess, body_doc
 from service.responses import FastJSON, error_answers, memory
-from service.schemas import RecallRequest, RecallResponse, RememberRequest, RememberResponse
+from service.schemas import RecallRequest, RememberRequest
 
 router = APIRouter(tags=["text memory"])
 
