@@ -319,7 +319,7 @@ class MemoryBank:
 
     # ------------------------------------------------------------------ write
 
-    def _policy(self) -> lfu.Policy:
+    def _policy(self, pinned: bool = True) -> lfu.Policy:
         return lfu.Policy(
             self.occupied,
             self.counts,
@@ -328,7 +328,7 @@ class MemoryBank:
             self.tick,
             self.initial_count,
             self.decay_ticks,
-            self.meta.pinned,
+            self.meta.pinned if pinned else None,
         )
 
     def choose_slots(self, n: int) -> lfu.Plan:
@@ -354,13 +354,14 @@ class MemoryBank:
             raise ValueError(f"expected sizes <= capacity={self.capacity}, got {sizes}")
         namespaces = list(namespaces or [DEFAULT_NAMESPACE] * len(sizes))
         pins = list(pins or [False] * len(sizes))
-        if self.namespace_quota or bool(self.meta.pinned.any()) or any(pins):
+        any_pinned = bool(self.meta.pinned.any())
+        if self.namespace_quota or any_pinned or any(pins):
             ids = [self.meta.id_of(ns) for ns in namespaces]
             ns_ids = [-1 - i if v is None else v for i, v in enumerate(ids)]  # new: unique
             return lfu.plan_each(
                 sizes, self._policy(), self.meta.namespace, ns_ids, pins, self.namespace_quota
             )
-        return lfu.plan(sizes, self._policy())
+        return lfu.plan(sizes, self._policy(pinned=False))  # no pin anywhere
 
     def assign(
         self,
@@ -453,6 +454,11 @@ class MemoryBank:
         """Dequantised float32 codes (n, m) of occupied slots (n,); SlotNotFound otherwise."""
         idx = self._occupied_index(slots)
         return self.quant.dequantise(self.codes[idx])
+
+    def hit_codes(self, slots: Tensor) -> Tensor:
+        """Dequantised float32 codes (n, m) of slots a read just returned (int64 (n,) on the
+        bank's device, all occupied): the read path's gather, without codes_at's checks."""
+        return self.quant.dequantise(self.codes[slots])
 
     def _occupied_index(self, slots: Tensor | Sequence[int]) -> Tensor:
         idx = torch.as_tensor(slots, dtype=torch.int64).detach().to(self.device).reshape(-1)

@@ -41,6 +41,7 @@ from model.bank import MemoryBank, SlotView, WriteResult
 from model.errors import BankFull, InvalidInput, NamespaceNotFound
 from model.lfu import Plan
 from model.ops import WRITE_MODES, Assign, Clear, Forget, Free, Op, Pin, combine
+from model.search import all_finite
 from model.slots import DEFAULT_NAMESPACE, check_namespace
 from model.state import INT8_MAX
 
@@ -198,6 +199,8 @@ def _read_key(r: Read) -> tuple[int, float | None, str | None]:
 
 def _first_bad(z: Tensor) -> int | None:
     """The first row of z with a NaN or infinity, else None."""
+    if all_finite(z):  # the usual case, in one reduction
+        return None
     bad = ~torch.isfinite(z).all(dim=1)
     return int(bad.nonzero()[0]) if bool(bad.any()) else None
 
@@ -240,6 +243,8 @@ class IDRPMemory:
         """Encode every request's rows in ONE call, then split the codes back per request."""
         if not xs:
             return []
+        if len(xs) == 1:  # a lone request: no copy in, no split out
+            return [(xs[0][0], self._encode(xs[0][1]))]
         z_all = self._encode(torch.cat([x for _, x in xs]))  # (B, m)
         parts = torch.split(z_all, [x.shape[0] for _, x in xs])
         return [(i, z) for (i, _), z in zip(xs, parts, strict=True)]
@@ -440,7 +445,8 @@ class IDRPMemory:
                 end = run + 1
                 while end < len(spans) and _read_key(reads[spans[end][0]]) == key:
                     end += 1
-                r = self.bank.read(torch.cat([z for _, z in spans[run:end]]), *key)
+                run_z = [z for _, z in spans[run:end]]
+                r = self.bank.read(run_z[0] if len(run_z) == 1 else torch.cat(run_z), *key)
                 offset = 0
                 for i, z in spans[run:end]:
                     sl = slice(offset, offset + z.shape[0])
@@ -452,7 +458,7 @@ class IDRPMemory:
             ]
             wanted = [s.reshape(-1) for i, s, _, _ in found if reads[i].reconstruct]
             hit = torch.cat(wanted) if wanted else torch.empty(0, dtype=torch.int64)
-            codes = self.bank.codes_at(hit[hit >= 0])
+            codes = self.bank.hit_codes(hit[hit >= 0])
         decoded = (
             self.model.decode(codes).float()
             if codes.shape[0]
@@ -469,8 +475,11 @@ class IDRPMemory:
         records: list[list[list[bytes | None]]],
     ) -> list[tuple[int, IDRPReadResult]]:
         """Scatter the decoded hits back into (B, k, d) per request (zeros where slot is -1)."""
-        flat = torch.zeros(hit.numel(), self.d, dtype=torch.float32, device=decoded.device)
-        flat[(hit >= 0).to(flat.device)] = decoded
+        if decoded.shape[0] == hit.numel():  # every entry is a hit: nothing to scatter
+            flat = decoded
+        else:
+            flat = torch.zeros(hit.numel(), self.d, dtype=torch.float32, device=decoded.device)
+            flat[(hit >= 0).to(flat.device)] = decoded
         out, pos = [], 0
         for (i, slots, scores, counts), recs in zip(found, records, strict=True):
             recon = None
