@@ -277,7 +277,20 @@ class MemoryBank:
         whose score is below min_score are not hits (slot -1, nothing counted); a query with no
         hit is a miss. An empty bank answers all misses. reads += B, hits/misses per query.
         namespace: search only that namespace's slots (an unknown one: all misses).
+        = `search` (changes nothing) + `touch` (the accounting).
         """
+        slots, scores = self.search(queries, top_k, min_score, namespace)
+        return ReadResult(slots=slots, scores=scores, counts=self.touch(slots))
+
+    def search(
+        self,
+        queries: Tensor | Sequence[Sequence[float]],
+        top_k: int = 1,
+        min_score: float | None = None,
+        namespace: str | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """`read`'s slots (B, k) (-1: none) and scores (B, k) (0 where -1), best first, without
+        counting anything: the first stage of a rescored read (model/memory.py)."""
         q = self.check_codes(queries, "queries")  # (B, m)
         k = as_int(top_k, "top_k", 1)
         if min_score is not None:
@@ -297,10 +310,16 @@ class MemoryBank:
         )
         slots = torch.full((b, k), -1, dtype=torch.int64, device=dev)
         out_scores = torch.zeros((b, k), dtype=torch.float32, device=dev)
-        out_counts = torch.zeros((b, k), dtype=torch.int64, device=dev)
         slots[:, :kk] = torch.where(valid, cand, -1)
         out_scores[:, :kk] = scores
+        return slots, out_scores
 
+    def touch(self, slots: Tensor) -> Tensor:
+        """Count the accesses of a read of B queries that returned these slots (B, k), each row
+        best first with -1 after its hits: counts, last_access, tick, reads, hits, misses, as
+        `read` does; returns each entry's count right after its hit (0 where -1)."""
+        b, k = slots.shape
+        out_counts = torch.zeros((b, k), dtype=torch.int64, device=self.device)
         flat = slots.reshape(-1)  # (B * k,), query-major: the order B single reads would take
         hit_pos = torch.nonzero(flat >= 0).squeeze(1)  # (H,)
         hit_slots = flat[hit_pos]  # (H,)
@@ -309,13 +328,12 @@ class MemoryBank:
             self.counts.index_add_(0, hit_slots, torch.ones_like(hit_slots))
             hit_ticks = self.tick + 1 + torch.div(hit_pos, k, rounding_mode="floor")
             self.last_access.scatter_reduce_(0, hit_slots, hit_ticks, reduce="amax")
-
-        n_hit = int((slots[:, 0] >= 0).sum().item())
+        n_hit = int((slots[:, 0] >= 0).sum().item()) if k else 0
         self.tick += b
         self.reads += b
         self.hits += n_hit
         self.misses += b - n_hit
-        return ReadResult(slots=slots, scores=out_scores, counts=out_counts)
+        return out_counts
 
     # ------------------------------------------------------------------ write
 

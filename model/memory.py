@@ -41,6 +41,7 @@ from model.bank import MemoryBank, SlotView, WriteResult
 from model.errors import BankFull, InvalidInput, NamespaceNotFound
 from model.lfu import Plan
 from model.ops import WRITE_MODES, Assign, Clear, Forget, Free, Op, Pin, combine
+from model.rescore import rescore
 from model.search import all_finite
 from model.slots import DEFAULT_NAMESPACE, check_namespace
 from model.state import INT8_MAX
@@ -109,6 +110,7 @@ class Read:
     min_score: float | None = None
     reconstruct: bool = True
     namespace: str | None = None  # None: every namespace
+    rescore: int = 0  # R > 0: rank the top max(R, top_k) by their reconstructions (rescore.py)
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ class Hit:
     count: int
     reconstruction: NDArray[np.float32] | None
     record: bytes | None = None
+    code_score: float | None = None  # the stage-1 cosine of codes (= score when not rescored)
 
 
 @dataclass(frozen=True)
@@ -133,11 +136,14 @@ class IDRPReadResult:
     counts: Tensor
     reconstructions: Tensor | None
     records: list[list[bytes | None]] | None = None  # (B, k), the slots' records
+    code_scores: Tensor | None = None  # (B, k) stage-1 cosines; None: the scores are those
 
     def hits(self) -> list[list[Hit]]:
         """Per query, its hits best first (a miss is [])."""
         recon = None if self.reconstructions is None else self.reconstructions.cpu().numpy()
-        rows = zip(self.slots.tolist(), self.scores.tolist(), self.counts.tolist(), strict=True)
+        scores = self.scores.tolist()
+        code = scores if self.code_scores is None else self.code_scores.tolist()
+        rows = zip(self.slots.tolist(), scores, self.counts.tolist(), code, strict=True)
         records = self.records
         return [
             [
@@ -147,8 +153,9 @@ class IDRPReadResult:
                     count,
                     None if recon is None else recon[i, j],
                     None if records is None else records[i][j],
+                    code_score,
                 )
-                for j, (slot, score, count) in enumerate(zip(*row, strict=True))
+                for j, (slot, score, count, code_score) in enumerate(zip(*row, strict=True))
                 if slot >= 0
             ]
             for i, row in enumerate(rows)
@@ -192,9 +199,22 @@ def _namespace(name: str) -> str:
         raise InvalidInput(str(e)) from None
 
 
-def _read_key(r: Read) -> tuple[int, float | None, str | None]:
+def _read_key(r: Read) -> tuple[int, float | None, str | None, int]:
     """Reads with equal keys share one bank read."""
-    return (r.top_k, r.min_score, r.namespace)
+    return (r.top_k, r.min_score, r.namespace, r.rescore)
+
+
+@dataclass
+class _Found:
+    """One request's share of a bank read: (n, k) tensors, and its reconstructions once known."""
+
+    i: int
+    slots: Tensor
+    scores: Tensor
+    counts: Tensor
+    code_scores: Tensor | None
+    recon: Tensor | None
+    records: list[list[bytes | None]] | None = None
 
 
 def _first_bad(z: Tensor) -> int | None:
@@ -407,6 +427,8 @@ class IDRPMemory:
             raise InvalidInput(f"expected a finite min_score, got {r.min_score}")
         if r.namespace is not None:
             _namespace(r.namespace)
+        if isinstance(r.rescore, bool) or not isinstance(r.rescore, int) or r.rescore < 0:
+            raise InvalidInput(f"expected rescore to be an int >= 0, got {r.rescore!r}")
 
     def read_batch(self, reads: Sequence[Read]) -> list[IDRPReadResult | Exception]:
         """One answer per request, in order: its result, or the InvalidInput that refused it."""
@@ -418,7 +440,8 @@ class IDRPMemory:
                 xs.append((i, as_rows(r.queries, "query", self.d)))
             except InvalidInput as e:
                 answers[i] = e
-        spans: list[tuple[int, Tensor]] = []
+        items = dict(xs)
+        spans: list[tuple[int, Tensor, Tensor]] = []
         for i, z in self._encode_each(xs):
             bad = _first_bad(z)
             if bad is not None:
@@ -427,17 +450,19 @@ class IDRPMemory:
                     "the range the codec was trained on)"
                 )
             else:
-                spans.append((i, z))
+                spans.append((i, items[i], z))
         if spans:
             for i, result in self._read_spans(reads, spans):
                 answers[i] = result
         return answers  # type: ignore[return-value]
 
     def _read_spans(
-        self, reads: Sequence[Read], spans: list[tuple[int, Tensor]]
+        self, reads: Sequence[Read], spans: list[tuple[int, Tensor, Tensor]]
     ) -> list[tuple[int, IDRPReadResult]]:
-        """Bank reads in queue order (one per run of equal (top_k, min_score)), then one decode."""
-        found: list[tuple[int, Tensor, Tensor, Tensor]] = []
+        """Bank reads in queue order, one per run of equal (top_k, min_score, namespace,
+        rescore); rescored runs decode their candidates (model/rescore.py); then one decode of
+        the other hits."""
+        found: list[_Found] = []
         with self._lock:
             run = 0
             while run < len(spans):
@@ -445,50 +470,88 @@ class IDRPMemory:
                 end = run + 1
                 while end < len(spans) and _read_key(reads[spans[end][0]]) == key:
                     end += 1
-                run_z = [z for _, z in spans[run:end]]
-                r = self.bank.read(run_z[0] if len(run_z) == 1 else torch.cat(run_z), *key)
-                offset = 0
-                for i, z in spans[run:end]:
-                    sl = slice(offset, offset + z.shape[0])
-                    found.append((i, r.slots[sl], r.scores[sl], r.counts[sl]))
-                    offset += z.shape[0]
+                found += self._read_run(spans[run:end], *key)
                 run = end
-            records = [
-                [self.bank.records_at(row) for row in slots.tolist()] for _, slots, _, _ in found
-            ]
-            wanted = [s.reshape(-1) for i, s, _, _ in found if reads[i].reconstruct]
-            hit = torch.cat(wanted) if wanted else torch.empty(0, dtype=torch.int64)
+            for f in found:
+                f.records = [self.bank.records_at(row) for row in f.slots.tolist()]
+            wanted = [f for f in found if reads[f.i].reconstruct and f.recon is None]
+            hit = (
+                torch.cat([f.slots.reshape(-1) for f in wanted])
+                if wanted
+                else torch.empty(0, dtype=torch.int64)
+            )
             codes = self.bank.hit_codes(hit[hit >= 0])
         decoded = (
             self.model.decode(codes).float()
             if codes.shape[0]
             else torch.zeros(0, self.d, device=codes.device)
         )
-        return self._results(reads, found, hit, decoded, records)
+        self._scatter(wanted, hit, decoded)
+        return [
+            (
+                f.i,
+                IDRPReadResult(
+                    f.slots,
+                    f.scores,
+                    f.counts,
+                    f.recon if reads[f.i].reconstruct else None,
+                    f.records,
+                    f.code_scores,
+                ),
+            )
+            for f in found
+        ]
 
-    def _results(
+    def _read_run(
         self,
-        reads: Sequence[Read],
-        found: list[tuple[int, Tensor, Tensor, Tensor]],
-        hit: Tensor,
-        decoded: Tensor,
-        records: list[list[list[bytes | None]]],
-    ) -> list[tuple[int, IDRPReadResult]]:
-        """Scatter the decoded hits back into (B, k, d) per request (zeros where slot is -1)."""
+        run: list[tuple[int, Tensor, Tensor]],
+        top_k: int,
+        min_score: float | None,
+        namespace: str | None,
+        candidates: int,
+    ) -> list[_Found]:
+        """One bank read (or a rescored one) for a run of requests, split back per request."""
+        z = run[0][2] if len(run) == 1 else torch.cat([z for _, _, z in run])
+        recon: Tensor | None = None
+        code_scores: Tensor | None = None
+        if candidates:
+            x = run[0][1] if len(run) == 1 else torch.cat([x for _, x, _ in run])
+            out = rescore(
+                self.bank, self.model.decode, x, z, top_k, min_score, namespace, candidates
+            )
+            slots, scores, code_scores, recon = out
+            counts = self.bank.touch(slots)
+        else:
+            r = self.bank.read(z, top_k, min_score, namespace)
+            slots, scores, counts = r.slots, r.scores, r.counts
+        parts, offset = [], 0
+        for i, _, zi in run:
+            sl = slice(offset, offset + zi.shape[0])
+            parts.append(
+                _Found(
+                    i,
+                    slots[sl],
+                    scores[sl],
+                    counts[sl],
+                    None if code_scores is None else code_scores[sl],
+                    None if recon is None else recon[sl],
+                )
+            )
+            offset += zi.shape[0]
+        return parts
+
+    def _scatter(self, wanted: list[_Found], hit: Tensor, decoded: Tensor) -> None:
+        """Scatter the decoded hits back into (n, k, d) per request (zeros where slot is -1)."""
         if decoded.shape[0] == hit.numel():  # every entry is a hit: nothing to scatter
             flat = decoded
         else:
             flat = torch.zeros(hit.numel(), self.d, dtype=torch.float32, device=decoded.device)
             flat[(hit >= 0).to(flat.device)] = decoded
-        out, pos = [], 0
-        for (i, slots, scores, counts), recs in zip(found, records, strict=True):
-            recon = None
-            if reads[i].reconstruct:
-                n = slots.numel()
-                recon = flat[pos : pos + n].view(*slots.shape, self.d)
-                pos += n
-            out.append((i, IDRPReadResult(slots, scores, counts, recon, recs)))
-        return out
+        pos = 0
+        for f in wanted:
+            n = f.slots.numel()
+            f.recon = flat[pos : pos + n].view(*f.slots.shape, self.d)
+            pos += n
 
     # ------------------------------------------------------------------ slots and state
 

@@ -31,7 +31,11 @@ class RememberResponse(WriteResponse):
 
 class Hit(BaseModel):
     slot: int
-    score: float = Field(description="Cosine similarity of the query's code and the slot's code.")
+    score: float = Field(
+        description="Cosine of the query item and the slot's reconstruction when the read was "
+        "rescored, else of the query's code and the slot's code; min_score applies to it."
+    )
+    code_score: float = Field(description="Cosine of the query's code and the slot's code.")
     count: int = Field(description="The slot's access count right after this read.")
     reconstruction: list[float] | None = Field(
         description="The slot's code decoded back to d values; null when reconstruct=false."
@@ -46,7 +50,11 @@ class Hit(BaseModel):
 
 class Memory(BaseModel):
     slot: int
-    score: float = Field(description="Cosine similarity of the text's code and the slot's code.")
+    score: float = Field(
+        description="Cosine of the text's embedding and the slot's reconstructed embedding "
+        "when rescored, else of their codes; min_score applies to it."
+    )
+    code_score: float = Field(description="Cosine of the text's code and the slot's code.")
     count: int = Field(description="The slot's access count right after this recall.")
     text: str | None = Field(description="The remembered text (null if the slot has none).")
     payload: dict[str, Any] | None = Field(description="Its payload (null if none).")

@@ -349,14 +349,17 @@ class Engine:
         min_score: float | None = None,
         reconstruct: bool = True,
         namespace: str | None = None,
+        rescore: int | None = None,
     ) -> list[list[Hit]]:
         """For each query (B, d): the top_k slots (of one namespace, or all) by cosine of codes,
+        rescored on their reconstructions (rescore candidates; None: MT_RESCORE; 0: off),
         best first, each with its count after this read; a miss (nothing, or best score <
         min_score) is []."""
         self._check_ready()
         assert self._reads is not None
+        r = self.settings.rescore if rescore is None else rescore
         return await self._reads.submit(
-            Read(queries, top_k, min_score, reconstruct, namespace), _rows(queries)
+            Read(queries, top_k, min_score, reconstruct, namespace, r), _rows(queries)
         )
 
     async def remember(
@@ -397,10 +400,12 @@ class Engine:
         top_k: int = 1,
         min_score: float | None = None,
         namespace: str | None = None,
+        rescore: int | None = None,
     ) -> list[list[Hit]]:
-        """For each text, the top_k slots whose codes are closest to its embedding's."""
+        """For each text, the top_k slots whose codes are closest to its embedding's (rescored
+        on the reconstructed embeddings as reads are)."""
         rows = torch.from_numpy(await self._texts().embed(sentences))
-        return await self.read(rows, top_k, min_score, False, namespace)
+        return await self.read(rows, top_k, min_score, False, namespace, rescore)
 
     def _texts(self) -> texts.TextMemory:
         self._check_ready()

@@ -55,6 +55,7 @@ def _tensor(value: Any) -> Any:
         hit = {
             "slot": value.slot,
             "score": value.score,
+            "code_score": value.code_score,
             "count": value.count,
             "reconstruction": value.reconstruction,
         }
@@ -76,7 +77,13 @@ def _tensor(value: Any) -> Any:
 
 def memory(hit: Hit) -> dict[str, Any]:
     """A recall's answer for one hit: slot, score, count, text, payload."""
-    return {"slot": hit.slot, "score": hit.score, "count": hit.count, **texts.fields(hit.record)}
+    return {
+        "slot": hit.slot,
+        "score": hit.score,
+        "code_score": hit.code_score,
+        "count": hit.count,
+        **texts.fields(hit.record),
+    }
 
 
 def error_answers(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -42,9 +42,11 @@ _SELF_DESCRIBING = {
     "length_mismatch",
 }
 # Upper bounds of a read answer's JSON (service/responses.FastJSON): one hit without its
-# reconstruction ({"slot":..,"score":..,"count":..,"reconstruction":null},), one float32 in its
-# shortest form with its comma (-1.2345678e-38,), and the brackets of one query's list.
-HIT_BYTES = 96
+# reconstruction ({"slot":..,"score":..,"code_score":..,"count":..,"reconstruction":null},), one
+# float32 in its shortest form with its comma (-1.2345678e-38,), and the brackets of one query's
+# list. A slot's text and payload are not in the bound (MT_MAX_TEXT_CHARS, MT_MAX_PAYLOAD_BYTES
+# bound them per hit).
+HIT_BYTES = 128
 VALUE_BYTES = 16
 QUERY_BYTES = 4
 
@@ -212,6 +214,16 @@ Namespace = Annotated[
     ),
 ]
 Texts = Annotated[list[str], Field(min_length=1, max_length=1024)]
+Rescore = Annotated[
+    int | None,
+    Field(
+        ge=0,
+        le=1000,
+        description="Candidates to rescore on their reconstructions (the top max(R, top_k) by "
+        "code cosine, ranked by cosine with the query item); 0 = off; null = the server's "
+        "MT_RESCORE.",
+    ),
+]
 Payloads = Annotated[
     list[dict[str, Any]],
     Field(description="One JSON object per text, kept with it and returned by reads."),
@@ -274,6 +286,7 @@ class ReadRequest(Request):
     namespace: Namespace | None = Field(
         default=None, description="Search this namespace only (default: every namespace)."
     )
+    rescore: Rescore = None
 
     @field_validator("queries")
     @classmethod
@@ -336,6 +349,7 @@ class RecallRequest(Request):
     namespace: Namespace | None = Field(
         default=None, description="Search this namespace only (default: every namespace)."
     )
+    rescore: Rescore = None
 
 
 class PreviewRequest(Request):

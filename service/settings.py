@@ -83,6 +83,15 @@ class Settings(BaseSettings):
         description="Halve a slot's count for eviction per this many bank ticks it sat idle "
         "(Redis-style LFU aging; makes MT_INITIAL_COUNT protect fresh slots). 0 = off (paper).",
     )
+    rescore: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Reads rank the top max(R, top_k) slots by code cosine, decode them and "
+        "return the best by cosine with the query item (0 = off: code cosine only). A read's "
+        "`rescore` overrides it. Off by default: 32 costs about 1.6x a read's CPU here "
+        "(bench notes in docs/API.md).",
+    )
     namespace_quota: int = Field(
         default=0,
         ge=0,

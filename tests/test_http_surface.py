@@ -267,14 +267,14 @@ def test_read_answer_limit(make_settings: Callable[..., Settings], items: Items)
         c.post("/write", json={"items": items(16), "mode": "each"})
         c.post("/read", json={"queries": items(1)})
         before = {**bank_facts(c), "counts": c.get("/stats").json()["counts"]}
-        # 8 queries x min(top_k 100, capacity 16) hits x (96 + 16 * 64) bytes + brackets
-        size = 16 + 8 * (4 + 16 * (96 + 16 * D))
+        # 8 queries x min(top_k 100, capacity 16) hits x (128 + 16 * 64) bytes + brackets
+        size = 16 + 8 * (4 + 16 * (128 + 16 * D))
         r = c.post("/read", json={"queries": items(8), "top_k": 100})
         assert r.status_code == 413
         assert r.json() == {
             "detail": answer_limit_detail(8, 16, f"reconstructions of {D} values", size, limit)
         }
-        size = 16 + 60 * (4 + 16 * 96)
+        size = 16 + 60 * (4 + 16 * 128)
         r = c.post("/read", json={"queries": items(60), "top_k": 16, "reconstruct": False})
         assert (r.status_code, r.json()) == (
             413,
@@ -282,12 +282,12 @@ def test_read_answer_limit(make_settings: Callable[..., Settings], items: Items)
         )
         assert {**bank_facts(c), "counts": c.get("/stats").json()["counts"]} == before
         # the bound is a bound: the largest answers under it are smaller than it says
-        for queries, reconstruct in ((3, True), (42, False)):
+        for queries, reconstruct in ((3, True), (31, False)):
             body = {"queries": items(queries), "top_k": 16, "reconstruct": reconstruct}
             r = c.post("/read", json=body)
             assert r.status_code == 200
             assert sum(len(h) for h in r.json()["results"]) == queries * 16
-            bound = 16 + queries * (4 + 16 * (96 + (16 * D if reconstruct else 0)))
+            bound = 16 + queries * (4 + 16 * (128 + (16 * D if reconstruct else 0)))
             assert len(r.content) <= bound <= limit
 
 
@@ -300,7 +300,7 @@ def test_the_issue_s_78_mb_read_is_refused_by_default(
         c.post("/write", json={"items": items(1)})
         before = bank_facts(c)
         r = c.post("/read", json={"queries": items(1024), "top_k": 100})
-        size = 16 + 1024 * (4 + 100 * (96 + 16 * D))
+        size = 16 + 1024 * (4 + 100 * (128 + 16 * D))
         assert r.status_code == 413
         assert r.json() == {
             "detail": answer_limit_detail(

@@ -52,6 +52,7 @@ def test_texts_payloads_and_namespaces_ride_with_the_codes(
     assert hits[0] == {
         "slot": 0,
         "score": hits[0]["score"],
+        "code_score": hits[0]["score"],  # not rescored: the same cosine
         "count": 1,
         "reconstruction": None,
         "text": "first",
@@ -210,7 +211,7 @@ def test_remember_then_recall_by_paraphrase(text_client: TestClient) -> None:
     results = r.json()["results"]
     for i, hits in enumerate(results):
         assert (hits[0]["slot"], hits[0]["text"], hits[0]["payload"]) == (i, facts[i], {"i": i})
-        assert set(hits[0]) == {"slot", "score", "count", "text", "payload"}
+        assert set(hits[0]) == {"slot", "score", "code_score", "count", "text", "payload"}
         assert -1.0 <= hits[0]["score"] <= 1.0
         seen = [h["slot"] for q in results[:i] for h in q]  # counts are those of reads in order
         assert hits[0]["count"] == 1 + seen.count(hits[0]["slot"])

@@ -48,7 +48,7 @@ async def read(_: ReadAccess, engine: EngineDep, body: ReadBody) -> Response:
     similarity, best first, with the slot's access count after this read, (reconstruct=true)
     the decoded item, and the slot's text and payload when it keeps them."""
     results = await engine.read(
-        body.queries, body.top_k, body.min_score, body.reconstruct, body.namespace
+        body.queries, body.top_k, body.min_score, body.reconstruct, body.namespace, body.rescore
     )
     return FastJSON({"results": results})
 

@@ -35,5 +35,7 @@ async def remember(_: WriteAccess, engine: EngineDep, body: RememberBody) -> Rem
 async def recall(_: ReadAccess, engine: EngineDep, body: RecallBody) -> Response:
     """For each text, the top_k remembered texts closest to it (of one namespace, or all),
     best first, with their payloads and access counts after this recall."""
-    results = await engine.recall(body.texts, body.top_k, body.min_score, body.namespace)
+    results = await engine.recall(
+        body.texts, body.top_k, body.min_score, body.namespace, body.rescore
+    )
     return FastJSON({"results": [[memory(h) for h in hits] for hits in results]})

@@ -1,0 +1,72 @@
+"""The second stage of a read: rescoring candidates on their reconstructions (issue 12).
+
+Stage 1 finds the top R slots by cosine of codes (`MemoryBank.search`, one pass, nothing
+counted). Stage 2, only a decodable memory can do: decode those R codes (one batched decode)
+and rank them by cosine between the query ITEM and each reconstruction, in the input space
+(the embedding space for a text codec), then keep the top k. A hit's `score` is that
+input-space cosine (`min_score` applies to it) and its `code_score` the stage-1 cosine. Ties
+keep the stage-1 order. The caller counts the returned hits (`MemoryBank.touch`): candidates
+that are not returned count nothing, so a rescored batch still equals the same reads one by one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from model.bank import MemoryBank
+
+__all__ = ["Rescored", "rescore"]
+
+
+class Rescored(NamedTuple):
+    """(n, k) slots (-1 after the hits), scores (input space), code scores, and the hits'
+    reconstructions (n, k, d) (zeros where -1)."""
+
+    slots: Tensor
+    scores: Tensor
+    code_scores: Tensor
+    reconstructions: Tensor
+
+
+def rescore(
+    bank: MemoryBank,
+    decode: Callable[[Tensor], Tensor],
+    x: Tensor,
+    z: Tensor,
+    top_k: int,
+    min_score: float | None,
+    namespace: str | None,
+    candidates: int,
+) -> Rescored:
+    """Queries x (n, d) with codes z (n, m): the top_k of their max(candidates, top_k) code
+    neighbours, re-ranked by cosine of x with each candidate's reconstruction."""
+    r = max(candidates, top_k)
+    cand, code = bank.search(z, r, None, namespace)  # (n, R), best code first
+    valid = cand >= 0
+    n, d = x.shape
+    recon = torch.zeros(n, r, d, dtype=torch.float32)
+    if bool(valid.any()):
+        decoded = decode(bank.hit_codes(cand[valid])).float()
+        recon = recon.to(decoded.device)
+        recon[valid.to(decoded.device)] = decoded
+    xs = x.to(recon.device, torch.float32)
+    xn = xs / xs.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    rn = recon / recon.norm(dim=2, keepdim=True).clamp_min(1e-12)
+    score = (rn * xn.unsqueeze(1)).sum(dim=2).clamp_(-1.0, 1.0)  # (n, R)
+    ok = valid.to(score.device)
+    if min_score is not None:
+        ok = ok & (score >= min_score)
+    key = torch.where(ok, score, -math.inf)
+    take = torch.argsort(key, dim=1, descending=True, stable=True)[:, :top_k]  # (n, k)
+    keep = key.gather(1, take) > -math.inf
+    dev = cand.device
+    slots = torch.where(keep.to(dev), cand.gather(1, take.to(dev)), -1)
+    scores = torch.where(keep, score.gather(1, take), 0.0)
+    code_scores = torch.where(keep.to(dev), code.gather(1, take.to(dev)), 0.0)
+    picked = recon.gather(1, take.unsqueeze(2).expand(n, top_k, d)) * keep.unsqueeze(2)
+    return Rescored(slots, scores.to(dev), code_scores, picked)

@@ -1,0 +1,96 @@
+"""Two-stage reads (issue 12): stage 1 by code cosine, stage 2 by cosine between the query item
+and each candidate's reconstruction; exact results on a hand-made bank where the two disagree,
+and the read rules (counts, min_score, batching) with rescoring on."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import Tensor
+
+from model.bank import MemoryBank
+from model.errors import InvalidInput
+from model.memory import IDRPMemory, Read
+
+
+class SwapCodec:
+    """d = m = 2; the code is the item, the reconstruction swaps its two values: code cosine
+    and input-space cosine disagree on purpose."""
+
+    config = SimpleNamespace(d=2, m=2)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return x
+
+    def decode(self, z: Tensor) -> Tensor:
+        return z.flip(1)
+
+
+def memory() -> IDRPMemory:
+    mem = IDRPMemory(SwapCodec(), MemoryBank(4, 2))  # type: ignore[arg-type]
+    mem.write(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), "each")  # a: slot 0, b: slot 1
+    return mem
+
+
+Q = torch.tensor([[0.9, 0.1]])
+COS = 0.9 / math.hypot(0.9, 0.1)  # q with [1, 0]
+SIN = 0.1 / math.hypot(0.9, 0.1)  # q with [0, 1]
+
+
+def test_rescoring_ranks_by_the_reconstructions() -> None:
+    mem = memory()
+    [code] = mem.read_batch([Read(Q, top_k=2, reconstruct=False)])
+    assert not isinstance(code, Exception)
+    assert code.slots.tolist() == [[0, 1]]  # by codes: a first
+    [res] = mem.read_batch([Read(Q, top_k=2, rescore=2)])
+    assert not isinstance(res, Exception) and res.reconstructions is not None
+    assert res.slots.tolist() == [[1, 0]]  # by reconstructions: b ([1, 0] rebuilt) first
+    assert res.scores[0].tolist() == pytest.approx([COS, SIN], abs=1e-6)
+    assert res.code_scores is not None
+    assert res.code_scores[0].tolist() == pytest.approx([SIN, COS], abs=1e-6)
+    assert res.reconstructions[0].tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    [hit, other] = res.hits()[0]
+    assert (hit.slot, hit.score, hit.code_score) == (1, res.scores[0, 0].item(), pytest.approx(SIN))
+    assert other.slot == 0
+
+
+def test_only_returned_hits_count_and_min_score_applies_to_the_final_score() -> None:
+    mem = memory()
+    [res] = mem.read_batch([Read(Q, top_k=1, rescore=2)])  # both candidates, one returned
+    assert not isinstance(res, Exception) and res.slots.tolist() == [[1]]
+    assert mem.bank.counts.tolist()[:2] == [0, 1] and mem.bank.hits == 1
+    [res] = mem.read_batch([Read(Q, top_k=2, min_score=0.5, rescore=2)])
+    assert not isinstance(res, Exception)
+    assert res.slots.tolist() == [[1, -1]]  # a's input-space score (0.11) is below 0.5
+    assert res.counts.tolist() == [[2, 0]]
+    [miss] = mem.read_batch([Read(Q, top_k=1, min_score=0.999, rescore=2)])
+    assert not isinstance(miss, Exception) and miss.slots.tolist() == [[-1]]
+    assert (mem.bank.reads, mem.bank.hits, mem.bank.misses) == (3, 2, 1)
+
+
+def test_a_rescored_batch_equals_the_reads_one_by_one() -> None:
+    reads = [
+        Read(Q, top_k=1, rescore=2),
+        Read(torch.tensor([[0.2, 0.8]]), top_k=2, rescore=2),
+        Read(Q, top_k=1),  # not rescored, in the same batch
+        Read(torch.tensor([[0.9, 0.1], [0.1, 0.9]]), top_k=2, rescore=5),
+    ]
+    one, batch = memory(), memory()
+    alone = [one.read_batch([r])[0] for r in reads]
+    together = batch.read_batch(reads)
+    for a, b in zip(alone, together, strict=True):
+        assert not isinstance(a, Exception) and not isinstance(b, Exception)
+        assert torch.equal(a.slots, b.slots) and torch.equal(a.counts, b.counts)
+        assert torch.allclose(a.scores, b.scores)
+    assert torch.equal(one.bank.counts, batch.bank.counts)
+    assert one.bank.tick == batch.bank.tick
+
+
+def test_rescore_must_be_a_non_negative_int() -> None:
+    [bad] = memory().read_batch([Read(Q, rescore=-1)])
+    assert (
+        isinstance(bad, InvalidInput) and str(bad) == "expected rescore to be an int >= 0, got -1"
+    )
