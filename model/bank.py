@@ -372,7 +372,7 @@ class MemoryBank:
             raise ValueError(f"expected sizes <= capacity={self.capacity}, got {sizes}")
         namespaces = list(namespaces or [DEFAULT_NAMESPACE] * len(sizes))
         pins = list(pins or [False] * len(sizes))
-        any_pinned = bool(self.meta.pinned.any())
+        any_pinned = not self.meta.plain and bool(self.meta.pinned.any())
         if self.namespace_quota or any_pinned or any(pins):
             ids = [self.meta.id_of(ns) for ns in namespaces]
             ns_ids = [-1 - i if v is None else v for i, v in enumerate(ids)]  # new: unique

@@ -76,6 +76,9 @@ class SlotMeta:
         self.records: list[bytes | None] = [None] * capacity
         self.names: list[str] = [DEFAULT_NAMESPACE]
         self._ids = {DEFAULT_NAMESPACE: 0}
+        # True while every slot is in the default namespace, unpinned, without a record: the
+        # common image-memory case, where set / free have nothing to do (writes cost as before)
+        self.plain = True
 
     # ------------------------------------------------------------------ namespaces
 
@@ -107,6 +110,9 @@ class SlotMeta:
         pinned: bool,
     ) -> None:
         """What an assign of these slots (n,) stores besides the codes."""
+        if self.plain and namespace == DEFAULT_NAMESPACE and records is None and not pinned:
+            return  # the slots hold the defaults already
+        self.plain = False
         self.namespace[idx] = self.intern(namespace)
         self.pinned[idx] = pinned
         slots = idx.tolist()
@@ -118,9 +124,13 @@ class SlotMeta:
                 self.records[s] = None if r is None else bytes(r)
 
     def pin(self, idx: Tensor, pinned: bool) -> None:
+        if pinned:
+            self.plain = False
         self.pinned[idx] = pinned
 
     def free(self, idx: Tensor) -> None:
+        if self.plain:
+            return
         self.namespace[idx] = 0
         self.pinned[idx] = False
         if idx.numel() == self.capacity:
@@ -188,6 +198,11 @@ class SlotMeta:
         ]
         self.names = json.loads(state["namespace_names"].cpu().numpy().tobytes())
         self._ids = {name: i for i, name in enumerate(self.names)}
+        self.plain = not (
+            bool(self.namespace.any())
+            or bool(self.pinned.any())
+            or any(r is not None for r in self.records)
+        )
 
 
 def _bytes_tensor(data: bytes, device: torch.device) -> Tensor:
