@@ -9,9 +9,11 @@ One run, on this machine, three measurements:
 - **/remember** and **/recall** over real uvicorn (`python -m service`, the shipped text codec
   minilm-bible-m48, MT_WAL_FSYNC=always), `--clients` concurrent HTTP clients each sending
   requests of `--batch` texts: texts per second, and that as a fraction of the embedder alone;
-- **RAM per slot** after remembering n verses with a payload each: the bank's `meta_bytes`
-  (namespace, pin, record: model/slots.py) per slot, the process RSS growth per slot over the
-  empty server, and the code bytes per slot, against a float32 384-d embedding (1,536 B).
+- **RAM per slot**, in process (no embedder, whose own allocations would swamp it): a bank of
+  `--ram-slots` slots (int8, m=48, the shipped text codec's) filled with verse texts and a
+  payload each, as the service stores them: code + counter bytes per slot, the metadata's
+  `meta_bytes` per slot (namespace, pin, record: model/slots.py), and the process RSS growth
+  per slot while filling it, against a float32 384-d embedding (1,536 B) plus the text.
 
 Texts: the first n KJV verses of the Bible task's bank (model/text_data.py); recall queries:
 their WEB paraphrases. Writes bench/results/text_memory.md and .json.
@@ -93,6 +95,35 @@ def load(url: str, path: str, bodies: list[dict[str, Any]], clients: int) -> flo
     return sum(len(b["texts"]) for b in bodies) / seconds
 
 
+def ram_per_slot(texts: list[str], keys: list[str], n: int) -> dict[str, float]:
+    """Bytes per slot of a bank of n slots (int8, m=48) whose every slot keeps a verse and a
+    payload, as /remember stores them; RSS measured around the filling."""
+    import torch
+
+    from model.bank import MemoryBank
+    from service.texts import record
+
+    before = rss_bytes(os.getpid())
+    bank = MemoryBank(n, 48, dtype="int8", scales=torch.full((48,), 0.01))
+    g = torch.Generator().manual_seed(0)
+    step = 10_000
+    json_bytes = 0
+    for start in range(0, n, step):
+        idx = list(range(start, min(start + step, n)))
+        recs = [record(texts[i % len(texts)], {"verse": keys[i % len(keys)]}) for i in idx]
+        json_bytes += sum(len(r) for r in recs if r is not None)
+        bank.assign(idx, torch.randn(len(idx), 48, generator=g), namespace="bench", records=recs)
+    after = rss_bytes(os.getpid())
+    stats = bank.stats()
+    return {
+        "state": stats["bytes"] / n,
+        "cache": stats["cache_bytes"] / n,
+        "meta": stats["meta_bytes"] / n,
+        "record_json": json_bytes / n,
+        "rss": (after - before) / n,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -100,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--n", type=int, default=2000, help="texts remembered and recalled")
     parser.add_argument("--batch", type=int, default=32, help="texts per request / embed call")
     parser.add_argument("--clients", type=int, default=2, help="concurrent HTTP clients")
+    parser.add_argument("--ram-slots", type=int, default=100_000, help="slots of the RAM test")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     task = text_data.bible_task()
@@ -150,9 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         proc.wait(60)
         shutil.rmtree(folder, ignore_errors=True)
 
-    used = stats["used"]
-    meta = stats.get("meta_bytes", 0)
-    code = stats["bank_bytes"] / stats["capacity"]
+    ram = ram_per_slot(list(task.bank_texts), list(task.bank_keys), args.ram_slots)
     text_bytes = sum(len(t.encode()) for t in texts) / len(texts)
     rows = [
         ["embedder alone (in process, 1 thread)", f"{alone:,.0f}", "1.00"],
@@ -163,12 +193,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ],
         [f"/recall over HTTP ({args.clients} clients)", f"{recall:,.0f}", f"{recall / alone:.2f}"],
     ]
-    ram = [
-        ["bank state (codes int8/float32 + counters) per slot", f"{code:,.0f}"],
-        ["metadata (namespace, pin, record) per slot", f"{meta / used:,.0f}"],
-        ["mean verse text (UTF-8)", f"{text_bytes:,.0f}"],
-        ["process RSS growth per remembered text", f"{(filled_rss - empty_rss) / used:,.0f}"],
-        ["a float32 384-d embedding, for comparison", "1,536"],
+    ram_rows = [
+        ["bank state: int8 code (48) + counters per slot", f"{ram['state']:,.0f}"],
+        ["float32 read cache (unit codes + mask) per slot", f"{ram['cache']:,.0f}"],
+        ["metadata (namespace, pin, record JSON) per slot", f"{ram['meta']:,.0f}"],
+        ["  of which the record's JSON (text + payload)", f"{ram['record_json']:,.0f}"],
+        ["process RSS growth per filled slot", f"{ram['rss']:,.0f}"],
+        [
+            "a float32 384-d embedding + the same JSON, for comparison",
+            f"{1536 + ram['record_json']:,.0f}",
+        ],
     ]
     md = (
         "# Text memory: throughput against the embedder alone, and RAM per slot\n\n"
@@ -177,7 +211,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"`{command(argv, 'bench.text_memory')}`.\n\n"
         + md_table(["path", "texts/s", "x embedder alone"], rows, "lrr")
         + "\n\n"
-        + md_table(["RAM", "bytes"], ram, "lr")
+        + f"RAM, {args.ram_slots:,} slots filled in process:\n\n"
+        + md_table(["RAM", "bytes"], ram_rows, "lr")
         + "\n"
     )
     report = {
@@ -186,12 +221,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batch": args.batch,
         "clients": args.clients,
         "texts_per_s": {"embedder_alone": alone, "remember": remember, "recall": recall},
-        "bytes_per_slot": {
-            "bank_state": code,
-            "meta": meta / used,
-            "rss_growth": (filled_rss - empty_rss) / used,
-            "mean_text": text_bytes,
-        },
+        "bytes_per_slot": {**ram, "mean_text": text_bytes},
+        "server_rss_bytes": {"empty": empty_rss, "filled": filled_rss},
         "stats": stats,
     }
     print(md)

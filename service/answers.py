@@ -175,6 +175,10 @@ class StatsResponse(BaseModel):
         description="Bytes of the bank's float32 read cache (unit-length codes and the free-slot "
         "mask, (m + 1) * 4 per slot whatever the dtype), on top of bank_bytes."
     )
+    meta_bytes: int = Field(
+        description="Bytes of the slots' namespaces, pins and records (texts and payloads as "
+        "JSON), in process: 5 per slot + an 8-byte list entry, + 33 + the JSON per record."
+    )
     reads: int
     hits: int
     misses: int

@@ -41,6 +41,7 @@ def engine_stats(
         "bank_dtype": bank["dtype"],
         "bank_bytes": bank["bytes"],
         "cache_bytes": bank["cache_bytes"],
+        "meta_bytes": bank["meta_bytes"],
         **{k: bank[k] for k in ("reads", "hits", "misses", "writes", "evictions")},
         "counts": {k: bank[f"count_{k}"] for k in ("min", "mean", "max", "sum")},
         "batching": {

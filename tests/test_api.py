@@ -73,6 +73,7 @@ def test_stats_fields(client: TestClient, weights_file: Path) -> None:
     # codes (64 x 16 float32) + counts, last_write, last_access (int64) + occupied + counters
     assert s["bank_bytes"] == 64 * M * 4 + 64 * (3 * 8 + 1) + 6 * 8
     assert s["cache_bytes"] == 64 * (M + 1) * 4  # unit-length float32 codes + the mask
+    assert s["meta_bytes"] == 64 * (4 + 1 + 8)  # namespace id, pin, record list entry
     assert {k: s[k] for k in ("reads", "hits", "misses", "writes", "evictions")} == dict.fromkeys(
         ("reads", "hits", "misses", "writes", "evictions"), 0
     )
