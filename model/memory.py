@@ -16,7 +16,8 @@ reads the bank for each run of consecutive requests with the same (top_k, min_sc
 order, so slots and counts are exactly those of the same requests made one at a time, gathers
 the codes of the hits and decodes them once.
 
-The checks here are the in-process boundary: rows of d finite numbers, a write mode, top_k and
+The checks here (model/requests.py holds the request values and their helpers) are the
+in-process boundary: rows of d finite numbers, a write mode, top_k and
 min_score, and codes the bank can store: finite and within CODE_RANGE x the codec's training
 range, so that every stored code decodes to finite numbers. The messages name the request's
 item or query.
@@ -28,22 +29,34 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
-import numpy as np
 import torch
-from numpy.typing import NDArray
 from torch import Tensor
 
 from model.bank import MemoryBank, SlotView, WriteResult
 from model.errors import BankFull, InvalidInput, NamespaceNotFound
 from model.lfu import Plan
-from model.ops import WRITE_MODES, Assign, Clear, Forget, Free, Op, Pin, combine
+from model.ops import WRITE_MODES, Clear, Forget, Free, Op, Pin, combine
+from model.requests import (
+    CODE_RANGE,
+    Codec,
+    Found,
+    Hit,
+    IDRPReadResult,
+    Log,
+    Read,
+    Rows,
+    Write,
+    as_rows,
+    assign_op,
+    checked_namespace,
+    first_bad,
+    read_key,
+)
 from model.rescore import rescore
-from model.search import all_finite
-from model.slots import DEFAULT_NAMESPACE, check_namespace
+from model.slots import DEFAULT_NAMESPACE
 from model.state import INT8_MAX
 
 __all__ = [
@@ -58,171 +71,6 @@ __all__ = [
     "Write",
     "as_rows",
 ]
-
-Rows = Sequence[Sequence[float]] | Tensor
-# A write stores codes up to this many times the codec's largest training code (per dimension,
-# `code_scales` * 127), in every bank dtype; an int8 bank saturates at 1x (its calibrated
-# range). Every shipped codec decodes codes up to 1000x that range to finite values
-# (tests/test_memory.py), so a stored code always has a finite reconstruction.
-CODE_RANGE = 4
-# The durability callback: log these operations (all or nothing) and return the position
-# after them (a WAL's LSN); raise, and nothing is applied.
-Log = Callable[[Sequence[Op]], int]
-
-
-class _CodecConfig(Protocol):
-    @property
-    def d(self) -> int: ...
-
-    @property
-    def m(self) -> int: ...
-
-
-class Codec(Protocol):
-    """What IDRPMemory needs of a model (model.idrp.IDRP and CompiledCodec satisfy it)."""
-
-    @property
-    def config(self) -> _CodecConfig: ...
-
-    def encode(self, x: Tensor) -> Tensor: ...
-
-    def decode(self, z: Tensor) -> Tensor: ...
-
-
-@dataclass(frozen=True)
-class Write:
-    """One write request: items (B, d); "mean" -> one slot, "each" -> one slot per item; in a
-    namespace, pinned or not, with one opaque record per stored slot (model/slots.py)."""
-
-    items: Rows
-    mode: str = "mean"
-    namespace: str = DEFAULT_NAMESPACE
-    records: Sequence[bytes | None] | None = None
-    pinned: bool = False
-
-
-@dataclass(frozen=True)
-class Read:
-    """One read request: queries (B, d), the top_k slots each, hits below min_score dropped."""
-
-    queries: Rows
-    top_k: int = 1
-    min_score: float | None = None
-    reconstruct: bool = True
-    namespace: str | None = None  # None: every namespace
-    rescore: int = 0  # R > 0: rank the top max(R, top_k) by their reconstructions (rescore.py)
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One slot found by a read. reconstruction is a float32 array (d,) (orjson writes it as a
-    JSON list in float32's shortest form), None when the read asked for no reconstruction."""
-
-    slot: int
-    score: float
-    count: int
-    reconstruction: NDArray[np.float32] | None
-    record: bytes | None = None
-    code_score: float | None = None  # the stage-1 cosine of codes (= score when not rescored)
-
-
-@dataclass(frozen=True)
-class IDRPReadResult:
-    """`model.bank.ReadResult` plus the decoded stored codes: reconstructions (B, k, d) float32,
-    zeros where the slot is -1; None when read(..., reconstruct=False)."""
-
-    slots: Tensor
-    scores: Tensor
-    counts: Tensor
-    reconstructions: Tensor | None
-    records: list[list[bytes | None]] | None = None  # (B, k), the slots' records
-    code_scores: Tensor | None = None  # (B, k) stage-1 cosines; None: the scores are those
-
-    def hits(self) -> list[list[Hit]]:
-        """Per query, its hits best first (a miss is [])."""
-        recon = None if self.reconstructions is None else self.reconstructions.cpu().numpy()
-        scores = self.scores.tolist()
-        code = scores if self.code_scores is None else self.code_scores.tolist()
-        rows = zip(self.slots.tolist(), scores, self.counts.tolist(), code, strict=True)
-        records = self.records
-        return [
-            [
-                Hit(
-                    slot,
-                    score,
-                    count,
-                    None if recon is None else recon[i, j],
-                    None if records is None else records[i][j],
-                    code_score,
-                )
-                for j, (slot, score, count, code_score) in enumerate(zip(*row, strict=True))
-                if slot >= 0
-            ]
-            for i, row in enumerate(rows)
-        ]
-
-
-def as_rows(rows: Rows, noun: str, d: int) -> Tensor:
-    """Rows (B >= 1, d) of finite numbers -> float32 (B, d) on the CPU; InvalidInput naming
-    the row and the problem otherwise."""
-    if isinstance(rows, Tensor):
-        if rows.dim() != 2 or rows.shape[1] != d or rows.shape[0] < 1:
-            raise InvalidInput(f"expected {noun} of shape (B >= 1, {d}), got {tuple(rows.shape)}")
-        x = rows.detach().to(device="cpu", dtype=torch.float32)
-    else:
-        if len(rows) == 0:
-            raise InvalidInput(f"expected at least one {noun}, got none")
-        for i, row in enumerate(rows):
-            if len(row) != d:
-                raise InvalidInput(f"{noun} {i}: expected {d} values per {noun}, got {len(row)}")
-        try:  # numpy parses nested lists of floats ~10x faster than torch.tensor
-            x = torch.from_numpy(np.asarray(rows, dtype=np.float32))
-        except (TypeError, ValueError):
-            raise InvalidInput(f"{noun}s must be lists of numbers") from None
-        if x.dim() != 2:
-            raise InvalidInput(f"{noun}s must be lists of numbers")
-    bad = _first_bad(x)
-    if bad is not None:
-        raise InvalidInput(f"{noun} {bad} contains NaN or infinity")
-    return x
-
-
-def _assign(slots: list[int], z: Tensor, w: Write) -> Assign:
-    records = None if w.records is None else tuple(w.records)
-    return Assign(slots, z, w.namespace, records, w.pinned)
-
-
-def _namespace(name: str) -> str:
-    try:
-        return check_namespace(name)
-    except ValueError as e:
-        raise InvalidInput(str(e)) from None
-
-
-def _read_key(r: Read) -> tuple[int, float | None, str | None, int]:
-    """Reads with equal keys share one bank read."""
-    return (r.top_k, r.min_score, r.namespace, r.rescore)
-
-
-@dataclass
-class _Found:
-    """One request's share of a bank read: (n, k) tensors, and its reconstructions once known."""
-
-    i: int
-    slots: Tensor
-    scores: Tensor
-    counts: Tensor
-    code_scores: Tensor | None
-    recon: Tensor | None
-    records: list[list[bytes | None]] | None = None
-
-
-def _first_bad(z: Tensor) -> int | None:
-    """The first row of z with a NaN or infinity, else None."""
-    if all_finite(z):  # the usual case, in one reduction
-        return None
-    bad = ~torch.isfinite(z).all(dim=1)
-    return int(bad.nonzero()[0]) if bool(bad.any()) else None
 
 
 class IDRPMemory:
@@ -294,7 +142,7 @@ class IDRPMemory:
             raise InvalidInput(
                 f"mode 'each' needs {x.shape[0]} slots, more than the capacity {self.bank.capacity}"
             )
-        _namespace(w.namespace)
+        checked_namespace(w.namespace)
         stored = x.shape[0] if w.mode == "each" else 1
         if w.records is not None and len(w.records) != stored:
             raise InvalidInput(
@@ -305,7 +153,7 @@ class IDRPMemory:
 
     def _storable(self, z: Tensor, mode: str) -> Tensor:
         """The rows a write of codes z stores, checked to fit the bank."""
-        bad = _first_bad(z)
+        bad = first_bad(z)
         if bad is not None:
             raise InvalidInput(
                 f"item {bad} cannot be stored: its code is not finite (values far outside "
@@ -362,7 +210,7 @@ class IDRPMemory:
             if not rows:
                 return
             ops: list[Op] = [
-                _assign(p.slots, z, writes[i]) for p, (i, z) in zip(plans, rows, strict=True)
+                assign_op(p.slots, z, writes[i]) for p, (i, z) in zip(plans, rows, strict=True)
             ]
             try:
                 self._commit(ops)
@@ -426,7 +274,7 @@ class IDRPMemory:
         if r.min_score is not None and not math.isfinite(r.min_score):
             raise InvalidInput(f"expected a finite min_score, got {r.min_score}")
         if r.namespace is not None:
-            _namespace(r.namespace)
+            checked_namespace(r.namespace)
         if isinstance(r.rescore, bool) or not isinstance(r.rescore, int) or r.rescore < 0:
             raise InvalidInput(f"expected rescore to be an int >= 0, got {r.rescore!r}")
 
@@ -443,7 +291,7 @@ class IDRPMemory:
         items = dict(xs)
         spans: list[tuple[int, Tensor, Tensor]] = []
         for i, z in self._encode_each(xs):
-            bad = _first_bad(z)
+            bad = first_bad(z)
             if bad is not None:
                 answers[i] = InvalidInput(
                     f"query {bad} cannot be read: its code is not finite (values far outside "
@@ -462,13 +310,13 @@ class IDRPMemory:
         """Bank reads in queue order, one per run of equal (top_k, min_score, namespace,
         rescore); rescored runs decode their candidates (model/rescore.py); then one decode of
         the other hits."""
-        found: list[_Found] = []
+        found: list[Found] = []
         with self._lock:
             run = 0
             while run < len(spans):
-                key = _read_key(reads[spans[run][0]])
+                key = read_key(reads[spans[run][0]])
                 end = run + 1
-                while end < len(spans) and _read_key(reads[spans[end][0]]) == key:
+                while end < len(spans) and read_key(reads[spans[end][0]]) == key:
                     end += 1
                 found += self._read_run(spans[run:end], *key)
                 run = end
@@ -509,7 +357,7 @@ class IDRPMemory:
         min_score: float | None,
         namespace: str | None,
         candidates: int,
-    ) -> list[_Found]:
+    ) -> list[Found]:
         """One bank read (or a rescored one) for a run of requests, split back per request."""
         z = run[0][2] if len(run) == 1 else torch.cat([z for _, _, z in run])
         recon: Tensor | None = None
@@ -528,7 +376,7 @@ class IDRPMemory:
         for i, _, zi in run:
             sl = slice(offset, offset + zi.shape[0])
             parts.append(
-                _Found(
+                Found(
                     i,
                     slots[sl],
                     scores[sl],
@@ -540,7 +388,7 @@ class IDRPMemory:
             offset += zi.shape[0]
         return parts
 
-    def _scatter(self, wanted: list[_Found], hit: Tensor, decoded: Tensor) -> None:
+    def _scatter(self, wanted: list[Found], hit: Tensor, decoded: Tensor) -> None:
         """Scatter the decoded hits back into (n, k, d) per request (zeros where slot is -1)."""
         if decoded.shape[0] == hit.numel():  # every entry is a hit: nothing to scatter
             flat = decoded
@@ -576,7 +424,7 @@ class IDRPMemory:
     def forget(self, namespace: str) -> list[int]:
         """Free every slot of a namespace at once (logged first); the slots it freed.
         NamespaceNotFound when it holds no slot."""
-        _namespace(namespace)
+        checked_namespace(namespace)
         with self._lock:
             slots = self.bank.namespace_slots(namespace)
             if not slots:
@@ -594,7 +442,7 @@ class IDRPMemory:
     def preview(self, n: int, namespace: str = DEFAULT_NAMESPACE) -> Plan:
         """The slots a write of n rows into `namespace` would take now, and which of them it
         would evict: the LFU policy's next choice, nothing changed (BankFull if none)."""
-        _namespace(namespace)
+        checked_namespace(namespace)
         with self._lock:
             if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.bank.capacity:
                 raise InvalidInput(f"expected n in [1, {self.bank.capacity}], got {n!r}")
