@@ -1,0 +1,142 @@
+"""Reads that find the right item (issue 12): recall of a bank read with and without rescoring,
+IDRP against PCA codes with the same rescoring and FAISS PQ / OPQ+PQ at equal bytes per item.
+
+    python -m bench.rescore [--data digits mnist] [--opq-niter 10] [--out DIR]
+
+Protocol (the issue's): bank = a data set's TRAINING split (model/data.py), queries = its
+held-out TEST split, truth = each query's exact cosine nearest neighbour among the bank items in
+input space. recall@1 = the read's first hit is the truth; top-10 = the truth is among the first
+ten. Rankings:
+- IDRP (every shipped weights file for the data set): stage 1 by cosine of codes, as the bank
+  searches (float32 codes, 4m bytes; int8 codes with the weights' code_scales, m bytes);
+  `R` > 0 rescores the top R (model/rescore.py's rule: cosine between the query item and each
+  candidate's reconstruction).
+- PCA-m (fitted on the training split, centred coefficients, float32, 4m bytes): the same two
+  stages, reconstructions = the PCA round trip.
+- FAISS `PQ{M}np` and `OPQ{M},PQ{M}np` with M = the budget in bytes (8-bit subquantizers), fitted
+  on the training split: every bank item ranked by cosine between the query and its decoded
+  code (asymmetric: the query stays exact; what faiss's ADC search ranks by, up to the norm).
+Writes bench/results/rescore.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.common import RESULTS, ROOT, command, md_table, weights_where, write_results
+from bench.quality import pq_roundtrip, stored
+from bench.retrieval import PCAMap, ranked, rescored
+from model import data as datasets
+from model.checkpoint import load_idrp
+from model.idrp import encode_batched
+
+RS = (0, 10, 32, 100)
+
+
+def scores(top: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    return {
+        "r1": float((top[:, 0] == truth).mean()),
+        "top10": float((top == truth[:, None]).any(axis=1).mean()),
+    }
+
+
+class _PCAModel:
+    """PCA codes with the decode `retrieval.rescored` calls (decode_batched(model, z))."""
+
+    def __init__(self, pca: PCAMap) -> None:
+        self.pca = pca
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.pca.decode(z.numpy()))
+
+
+def two_stage(model: Any, bank_codes: np.ndarray, q: np.ndarray, zq: np.ndarray) -> dict[int, Any]:
+    out = {}
+    for r in RS:
+        top = ranked(zq, bank_codes) if r == 0 else rescored(model, q, zq, bank_codes, r)
+        out[r] = top
+    return out
+
+
+def bench_data(name: str, opq_niter: int) -> list[dict[str, Any]]:
+    split = datasets.load(name)
+    tr = split.train.reshape(len(split.train), -1).astype(np.float32)
+    te = split.test.reshape(len(split.test), -1).astype(np.float32)
+    truth = ranked(te, tr, k=1)[:, 0]
+    rows: list[dict[str, Any]] = []
+    for path in weights_where(
+        ROOT / "weights", lambda info: info.get("data") == name and "embedder" not in info
+    ):
+        model = load_idrp(path)
+        m = model.config.m
+        zb, zq = (
+            encode_batched(model, torch.from_numpy(tr)),
+            encode_batched(model, torch.from_numpy(te)),
+        )
+        for dtype, nbytes in (("float32", 4 * m), ("int8", m)):
+            scales = model.code_scales.detach().cpu() if dtype == "int8" else None
+            bank = stored(zb, dtype, scales).numpy()
+            for r, top in two_stage(model, bank, te, zq.numpy()).items():
+                rows.append(
+                    {"method": f"IDRP {path.stem} {dtype}", "bytes": nbytes, "R": r}
+                    | scores(top, truth)
+                )
+        pca = PCAMap(tr)
+        cb, cq = pca.codes(tr, m), pca.codes(te, m)
+        for r, top in two_stage(_PCAModel(pca), cb, te, cq).items():
+            rows.append({"method": f"PCA-{m} float32", "bytes": 4 * m, "R": r} | scores(top, truth))
+        for budget in sorted({m, 4 * m}):
+            for opq in (False, True):
+                x_hat, info = pq_roundtrip(tr, tr, budget, opq, opq_niter)
+                top = ranked(te, x_hat)
+                rows.append(
+                    {"method": f"FAISS {info['factory']}", "bytes": budget, "R": "ADC"}
+                    | scores(top, truth)
+                )
+    # one row per (method, bytes, R): the FAISS rows repeat across models of the same m
+    unique: dict[tuple[str, int, Any], dict[str, Any]] = {}
+    for row in rows:
+        unique.setdefault((row["method"], row["bytes"], row["R"]), row)
+    return list(unique.values())
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", nargs="+", default=["digits", "mnist"])
+    parser.add_argument("--opq-niter", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    report: dict[str, Any] = {"command": command(argv, "bench.rescore"), "data": {}}
+    md = ["# Reads that find the right item: rescoring, PCA and FAISS at equal bytes\n"]
+    md.append(f"`{report['command']}`; protocol in bench/rescore.py's docstring.\n")
+    for name in args.data:
+        rows = bench_data(name, args.opq_niter)
+        report["data"][name] = rows
+        md.append(f"\n## {name}\n")
+        md.append(
+            md_table(
+                ["method", "bytes/item", "R", "recall@1", "truth in top 10"],
+                [
+                    [r["method"], r["bytes"], r["R"], f"{r['r1']:.3f}", f"{r['top10']:.3f}"]
+                    for r in rows
+                ],
+                "lrrrr",
+            )
+            + "\n"
+        )
+    text = "\n".join(md)
+    print(text)
+    write_results("rescore", text, json.loads(json.dumps(report)), args.out)
+    return report
+
+
+if __name__ == "__main__":
+    main()
