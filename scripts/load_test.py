@@ -54,7 +54,9 @@ async def client_loop(
 
 async def run(base: str, d: int, args: argparse.Namespace) -> Counter[str]:
     tally: Counter[str] = Counter()
-    limits = httpx.Limits(max_connections=args.clients)
+    # keep-alive shorter than uvicorn's 5 s: the client never reuses a connection the server is
+    # closing at that moment (a ReadError under heavy load, not a server fault)
+    limits = httpx.Limits(max_connections=args.clients, keepalive_expiry=2.0)
     async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
         deadline = time.monotonic() + args.seconds
         loops = [
