@@ -92,8 +92,10 @@ def _body(model: type[Request], **fields: Any) -> dict[str, Any]:
     return {"content": content, "headers": {"content-type": "application/json"}}
 
 
-def _write_body(items: Rows, mode: str) -> dict[str, Any]:
-    return _body(_MODELS.write, items=_rows(items), mode=mode)
+def _write_body(items: Rows, mode: str, **extra: Any) -> dict[str, Any]:
+    """extra: namespace, texts, payloads, pinned, sent only when given (not None)."""
+    given = {k: v for k, v in extra.items() if v is not None}
+    return _body(_MODELS.write, items=_rows(items), mode=mode, **given)
 
 
 def _remember_body(
@@ -143,14 +145,17 @@ def _check(response: httpx.Response) -> httpx.Response:
 
 
 def _read_body(
-    queries: Rows, top_k: int, min_score: float | None, reconstruct: bool
+    queries: Rows, top_k: int, min_score: float | None, reconstruct: bool, **extra: Any
 ) -> dict[str, Any]:
+    """extra: namespace, rescore, sent only when given (not None)."""
+    given = {k: v for k, v in extra.items() if v is not None}
     return _body(
         _MODELS.read,
         queries=_rows(queries),
         top_k=top_k,
         min_score=min_score,
         reconstruct=reconstruct,
+        **given,
     )
 
 
@@ -193,8 +198,18 @@ class MemoryTransitClient:
     def ready(self) -> bool:
         return self._probe("/readyz")
 
-    def write(self, items: Rows, mode: str = "mean") -> WriteResponse:
-        return self._call(WriteResponse, "POST", "/write", **_write_body(items, mode))
+    def write(
+        self,
+        items: Rows,
+        mode: str = "mean",
+        *,
+        namespace: str | None = None,
+        texts: list[str] | None = None,
+        payloads: list[dict[str, Any]] | None = None,
+        pinned: bool | None = None,
+    ) -> WriteResponse:
+        extra = {"namespace": namespace, "texts": texts, "payloads": payloads, "pinned": pinned}
+        return self._call(WriteResponse, "POST", "/write", **_write_body(items, mode, **extra))
 
     def read(
         self,
@@ -202,8 +217,13 @@ class MemoryTransitClient:
         top_k: int = 1,
         min_score: float | None = None,
         reconstruct: bool = True,
+        *,
+        namespace: str | None = None,
+        rescore: int | None = None,
     ) -> list[list[Hit]]:
-        body = _read_body(queries, top_k, min_score, reconstruct)
+        body = _read_body(
+            queries, top_k, min_score, reconstruct, namespace=namespace, rescore=rescore
+        )
         return self._call(ReadResponse, "POST", "/read", **body).results
 
     def stats(self) -> StatsResponse:
@@ -293,8 +313,19 @@ class AsyncMemoryTransitClient:
     async def ready(self) -> bool:
         return await self._probe("/readyz")
 
-    async def write(self, items: Rows, mode: str = "mean") -> WriteResponse:
-        return await self._call(WriteResponse, "POST", "/write", **_write_body(items, mode))
+    async def write(
+        self,
+        items: Rows,
+        mode: str = "mean",
+        *,
+        namespace: str | None = None,
+        texts: list[str] | None = None,
+        payloads: list[dict[str, Any]] | None = None,
+        pinned: bool | None = None,
+    ) -> WriteResponse:
+        extra = {"namespace": namespace, "texts": texts, "payloads": payloads, "pinned": pinned}
+        body = _write_body(items, mode, **extra)
+        return await self._call(WriteResponse, "POST", "/write", **body)
 
     async def read(
         self,
@@ -302,8 +333,13 @@ class AsyncMemoryTransitClient:
         top_k: int = 1,
         min_score: float | None = None,
         reconstruct: bool = True,
+        *,
+        namespace: str | None = None,
+        rescore: int | None = None,
     ) -> list[list[Hit]]:
-        body = _read_body(queries, top_k, min_score, reconstruct)
+        body = _read_body(
+            queries, top_k, min_score, reconstruct, namespace=namespace, rescore=rescore
+        )
         return (await self._call(ReadResponse, "POST", "/read", **body)).results
 
     async def stats(self) -> StatsResponse:

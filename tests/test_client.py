@@ -198,3 +198,34 @@ def test_async_client_refuses_alike(url: str) -> None:
     assert slot == SLOT_RULE + "'2.9'"
     assert body.startswith("items[0][0]: Input should be a valid number; ")
     assert "mt_ready 1.0" in metrics
+
+
+def test_namespaced_writes_and_reads_with_texts_payloads_and_rescoring(
+    mt: MemoryTransitClient,
+) -> None:
+    out = mt.write(
+        [ROW, [1.0 - v for v in ROW]],
+        mode="each",
+        namespace="client-ns",
+        texts=["first", "second"],
+        payloads=[{"n": 1}, {"n": 2}],
+        pinned=True,
+    )
+    [[hit]] = mt.read([ROW], namespace="client-ns", reconstruct=False)
+    assert (hit.slot, hit.text, hit.payload) == (out.slots[0], "first", {"n": 1})
+    [[plain, _]] = mt.read([ROW], top_k=2, namespace="client-ns", rescore=0)
+    assert plain.score == plain.code_score
+    [[rescored, _]] = mt.read([ROW], top_k=2, namespace="client-ns", rescore=2)
+    assert rescored.score != rescored.code_score  # the input-space cosine, not the code one
+    view = mt.get_slot(out.slots[1])
+    assert (view.namespace, view.pinned, view.text, view.payload) == (
+        "client-ns",
+        True,
+        "second",
+        {"n": 2},
+    )
+    assert mt.namespaces()["client-ns"].pinned == 2
+    gone = mt.forget_namespace("client-ns")
+    assert sorted(gone.forgotten) == sorted(out.slots)
+    with pytest.raises(InvalidInput, match="expected a namespace of 1-64 characters"):
+        mt.read([ROW], namespace="not ok")
