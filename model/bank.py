@@ -32,11 +32,12 @@ import torch
 from torch import Tensor
 
 from model import lfu
+from model.enums import DEFAULT_NAMESPACE, check_namespace
 from model.errors import SlotNotFound
 from model.ops import Assign, Clear, Forget, Free, Op, Pin, combine
 from model.quant import Quantiser
 from model.search import all_finite, rank_in_order, search, unit_rows
-from model.slots import DEFAULT_NAMESPACE, META_KEYS, SlotMeta, check_namespace
+from model.slots import META_KEYS, SlotMeta
 from model.state import COUNTER_NAMES, DTYPES, state_problem
 
 __all__ = [

@@ -1,14 +1,26 @@
-"""The enumerations that settings, request schemas and code share, declared once.
+"""The enumerations and names that settings, request schemas and code share, declared once.
 
-Plain `Literal` aliases with no torch import, so `service.settings` can check MT_* values
-before anything heavy loads (a bad setting fails fast).
+Plain `Literal` aliases and the namespace rule, with no torch import, so `service.settings` can
+check MT_* values before anything heavy loads (a bad setting fails fast) and `service.client`
+imports without torch.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal, get_args
 
-__all__ = ["BANK_DTYPES", "FSYNC_POLICIES", "WRITE_MODES", "BankDtype", "FsyncPolicy", "WriteMode"]
+__all__ = [
+    "BANK_DTYPES",
+    "DEFAULT_NAMESPACE",
+    "FSYNC_POLICIES",
+    "NAMESPACE_PATTERN",
+    "WRITE_MODES",
+    "BankDtype",
+    "FsyncPolicy",
+    "WriteMode",
+    "check_namespace",
+]
 
 BankDtype = Literal["float32", "float16", "int8"]
 """How the bank stores codes (model/quant.py)."""
@@ -22,3 +34,20 @@ FsyncPolicy = Literal["always", "everysec", "off"]
 BANK_DTYPES: tuple[str, ...] = get_args(BankDtype)
 WRITE_MODES: tuple[str, ...] = get_args(WriteMode)
 FSYNC_POLICIES: tuple[str, ...] = get_args(FsyncPolicy)
+
+# Namespaces (model/slots.py): every slot belongs to one; "default" when a write names none.
+DEFAULT_NAMESPACE = "default"
+NAMESPACE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}"
+_NAMESPACE = re.compile(NAMESPACE_PATTERN)
+
+
+def check_namespace(name: object) -> str:
+    """A namespace name: 1-64 characters, letters, digits and . _ : @ - (not first); else
+    ValueError naming the problem."""
+    if not isinstance(name, str) or _NAMESPACE.fullmatch(name) is None:
+        shown = repr(name) if not isinstance(name, str) or len(name) <= 70 else repr(name[:64])
+        raise ValueError(
+            "expected a namespace of 1-64 characters: letters, digits and . _ : @ - (not "
+            f"first), got {shown}"
+        )
+    return name

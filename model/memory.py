@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from model.bank import MemoryBank, SlotView, WriteResult
+from model.enums import DEFAULT_NAMESPACE
 from model.errors import BankFull, InvalidInput, NamespaceNotFound
 from model.lfu import Plan
 from model.ops import WRITE_MODES, Clear, Forget, Free, Op, Pin, combine
@@ -56,7 +57,6 @@ from model.requests import (
     read_key,
 )
 from model.rescore import rescore
-from model.slots import DEFAULT_NAMESPACE
 from model.state import INT8_MAX
 
 __all__ = [

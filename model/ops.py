@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from model.enums import WRITE_MODES, WriteMode
-from model.slots import DEFAULT_NAMESPACE
+from model.enums import DEFAULT_NAMESPACE, WRITE_MODES, WriteMode
 
 __all__ = ["WRITE_MODES", "Assign", "Clear", "Forget", "Free", "Op", "Pin", "WriteMode", "combine"]
 

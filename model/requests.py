@@ -20,10 +20,10 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
+from model.enums import DEFAULT_NAMESPACE, check_namespace
 from model.errors import InvalidInput
 from model.ops import Assign, Op
 from model.search import all_finite
-from model.slots import DEFAULT_NAMESPACE, check_namespace
 
 __all__ = [
     "CODE_RANGE",

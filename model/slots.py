@@ -24,24 +24,15 @@ plus an 8-byte list entry; `nbytes` counts them).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = [
-    "DEFAULT_NAMESPACE",
-    "META_KEYS",
-    "NAMESPACE_PATTERN",
-    "SlotMeta",
-    "check_namespace",
-    "meta_problem",
-]
+from model.enums import DEFAULT_NAMESPACE, check_namespace
 
-DEFAULT_NAMESPACE = "default"
-NAMESPACE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}"
-_NAMESPACE = re.compile(NAMESPACE_PATTERN)
+__all__ = ["META_KEYS", "SlotMeta", "meta_problem"]
+
 META_KEYS = (
     "namespace",
     "pinned",
@@ -50,18 +41,6 @@ META_KEYS = (
     "record_data",
     "namespace_names",
 )
-
-
-def check_namespace(name: object) -> str:
-    """A namespace name: 1-64 characters, letters, digits and . _ : @ - (not first); else
-    ValueError naming the problem."""
-    if not isinstance(name, str) or _NAMESPACE.fullmatch(name) is None:
-        shown = repr(name) if not isinstance(name, str) or len(name) <= 70 else repr(name[:64])
-        raise ValueError(
-            "expected a namespace of 1-64 characters: letters, digits and . _ : @ - (not "
-            f"first), got {shown}"
-        )
-    return name
 
 
 class SlotMeta:

@@ -27,8 +27,8 @@ from typing import Any, Self, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from model.enums import check_namespace
 from model.errors import InvalidInput
-from model.slots import check_namespace
 from service.answers import (
     DeleteResponse,
     ForgetResponse,

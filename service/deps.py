@@ -33,8 +33,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.constants import REF_TEMPLATE
 from pydantic import BaseModel, ValidationError, WithJsonSchema
 
+from model.enums import NAMESPACE_PATTERN
 from model.errors import NotReady
-from model.slots import NAMESPACE_PATTERN
 from service.auth import Role, authenticate, authorize_write
 from service.engine import Engine
 from service.schemas import (

@@ -51,12 +51,12 @@ import torch
 
 from model.bank import MemoryBank, SlotView, WriteResult
 from model.checkpoint import load_idrp, read_metadata
+from model.enums import DEFAULT_NAMESPACE
 from model.errors import NotReady
 from model.idrp import IDRP, CompiledCodec, compile_codec
 from model.lfu import Plan
 from model.memory import Hit, IDRPMemory, Read, Rows, Write
 from model.ops import Op
-from model.slots import DEFAULT_NAMESPACE
 from service import texts
 from service.batching import BatchQueue
 from service.persistence import Persistence, Recovery, SnapshotInfo

@@ -34,7 +34,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
-from model.slots import check_namespace
+from model.enums import check_namespace
 from service.client import (
     _MODELS,
     APIError,

@@ -24,8 +24,8 @@ import struct
 import numpy as np
 import torch
 
+from model.enums import DEFAULT_NAMESPACE
 from model.ops import Assign, Clear, Forget, Free, Op, Pin
-from model.slots import DEFAULT_NAMESPACE
 
 __all__ = ["CLEAR", "DELETE", "FORGET", "PIN", "WRITE", "WRITE_PLUS", "decode", "encode", "kind"]
 

@@ -24,9 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, field_validator,
 from pydantic.json_schema import JsonDict
 from pydantic_core import PydanticCustomError
 
-from model.enums import WriteMode
+from model.enums import NAMESPACE_PATTERN, WriteMode, check_namespace
 from model.errors import InvalidInput
-from model.slots import NAMESPACE_PATTERN, check_namespace
 
 FLOAT32_MAX = 3.4028234663852886e38
 ECHO_LIMIT = 64  # characters of a name or value a client sent that a message repeats

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -229,3 +231,16 @@ def test_namespaced_writes_and_reads_with_texts_payloads_and_rescoring(
     assert sorted(gone.forgotten) == sorted(out.slots)
     with pytest.raises(InvalidInput, match="expected a namespace of 1-64 characters"):
         mt.read([ROW], namespace="not ok")
+
+
+def test_the_client_imports_without_torch() -> None:
+    """As its docstring says: a process that only talks to a server needs no torch."""
+    code = "import sys, service.client; print(sorted(m for m in sys.modules if m == 'torch'))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "[]"
