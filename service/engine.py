@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -50,7 +49,7 @@ from typing import Any, Literal, TypeVar
 import torch
 
 from model.bank import MemoryBank, SlotView, WriteResult
-from model.checkpoint import load_idrp, read_metadata
+from model.checkpoint import load_idrp
 from model.enums import DEFAULT_NAMESPACE
 from model.errors import NotReady
 from model.idrp import IDRP, CompiledCodec, compile_codec
@@ -88,7 +87,6 @@ class Engine:
         self.persistence: Persistence | None = None
         self.recovery: Recovery | None = None
         self.device = "cpu"
-        self.embedder: dict[str, Any] | None = None  # a text codec's embedder (weights info)
         self.texts: texts.TextMemory | None = None
         self._embedder_obj: Any = None
         self.started_at = time.time()
@@ -173,7 +171,7 @@ class Engine:
             torch.set_num_threads(s.torch_threads)
         model = load_idrp(s.weights, device=device)
         scales = model.code_scales.detach().clone() if s.bank_dtype == "int8" else None
-        self._embedder_obj = self._load_embedder(device)
+        self._embedder_obj = self._load_embedder(model.info, device)
 
         def make_bank() -> MemoryBank:
             return MemoryBank(
@@ -212,11 +210,11 @@ class Engine:
         self._tick_at_snapshot = bank.tick if recovery.snapshot is not None and not replayed else -1
         self._changes_since_snapshot = replayed
 
-    def _load_embedder(self, device: str) -> Any:
+    @staticmethod
+    def _load_embedder(info: dict[str, Any], device: str) -> Any:
         """A text codec's embedder (its weights' info names it), loaded now; None for other
         codecs. EmbedderError (the start fails, saying why) when it is not installed or is
         not the one the weights were trained for."""
-        info = json.loads(read_metadata(self.settings.weights).get("info", "{}"))
         if not isinstance(info, dict) or not isinstance(info.get("embedder"), dict):
             return None
         from model.embed import EMBEDDERS, Embedder, EmbedderError, check_embedder
@@ -227,7 +225,6 @@ class Engine:
         check_embedder(info, EMBEDDERS[name])
         embedder = Embedder(EMBEDDERS[name], device=device)
         embedder.load()
-        self.embedder = info["embedder"]
         return embedder
 
     def _warn_kept(self, recovery: Recovery) -> None:

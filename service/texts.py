@@ -41,7 +41,7 @@ def record(text: str | None, payload: dict[str, Any] | None) -> bytes | None:
         body["text"] = text
     if payload is not None:
         body["payload"] = payload
-    return bytes(memoryview(orjson.dumps(body)))  # exact size: orjson's bytes keep 4 kB
+    return orjson.dumps(body)  # the bank keeps an exact-size copy (model/slots.py)
 
 
 def records(
@@ -76,10 +76,6 @@ class TextMemory:
         self._queue: BatchQueue[list[str], np.ndarray] = BatchQueue(
             "mt-embed-batcher", self._embed_batch, self._run, limit=max_batch
         )
-
-    def load(self) -> None:
-        """Load the embedder's model now (start-up), not on the first request."""
-        self.embedder.load()
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn))
