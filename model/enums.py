@@ -20,6 +20,7 @@ __all__ = [
     "FsyncPolicy",
     "WriteMode",
     "check_namespace",
+    "stored_slots",
 ]
 
 BankDtype = Literal["float32", "float16", "int8"]
@@ -34,6 +35,12 @@ FsyncPolicy = Literal["always", "everysec", "off"]
 BANK_DTYPES: tuple[str, ...] = get_args(BankDtype)
 WRITE_MODES: tuple[str, ...] = get_args(WriteMode)
 FSYNC_POLICIES: tuple[str, ...] = get_args(FsyncPolicy)
+
+
+def stored_slots(items: int, mode: str) -> int:
+    """The slots a write of this many items takes: one per item ("each"), else one ("mean")."""
+    return items if mode == "each" else 1
+
 
 # Namespaces (model/slots.py): every slot belongs to one; "default" when a write names none.
 DEFAULT_NAMESPACE = "default"

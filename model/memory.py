@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from model.bank import MemoryBank, SlotView, WriteResult
-from model.enums import DEFAULT_NAMESPACE
+from model.enums import DEFAULT_NAMESPACE, stored_slots
 from model.errors import BankFull, InvalidInput, NamespaceNotFound
 from model.lfu import Plan
 from model.ops import WRITE_MODES, Clear, Forget, Free, Op, Pin, combine
@@ -143,7 +143,7 @@ class IDRPMemory:
                 f"mode 'each' needs {x.shape[0]} slots, more than the capacity {self.bank.capacity}"
             )
         checked_namespace(w.namespace)
-        stored = x.shape[0] if w.mode == "each" else 1
+        stored = stored_slots(x.shape[0], w.mode)
         if w.records is not None and len(w.records) != stored:
             raise InvalidInput(
                 f"expected one record per stored slot ({stored}, mode {w.mode!r}), got "

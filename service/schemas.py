@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, field_validator,
 from pydantic.json_schema import JsonDict
 from pydantic_core import PydanticCustomError
 
-from model.enums import NAMESPACE_PATTERN, WriteMode, check_namespace
+from model.enums import NAMESPACE_PATTERN, WriteMode, check_namespace, stored_slots
 from model.errors import InvalidInput
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -262,7 +262,7 @@ class WriteRequest(Request):
 
     @model_validator(mode="after")
     def _one_per_slot(self) -> WriteRequest:
-        stored = len(self.items) if self.mode == "each" else 1
+        stored = stored_slots(len(self.items), self.mode)
         per = "item" if self.mode == "each" else "mean write (one slot)"
         _same_length("texts", self.texts, stored, per)
         _same_length("payloads", self.payloads, stored, per)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
+from model.enums import stored_slots
 from service import texts
 from service.answers import DeleteResponse, ReadResponse, SlotResponse, WriteResponse
 from service.deps import (
@@ -31,7 +32,7 @@ async def write(_: WriteAccess, engine: EngineDep, body: WriteBody) -> WriteResp
     """Encode the items and store their codes: mode "mean" -> one slot, "each" -> one per
     item; in a namespace, pinned or not, with texts and payloads. Logged to the write-ahead
     log before the bank changes."""
-    stored = len(body.items) if body.mode == "each" else 1
+    stored = stored_slots(len(body.items), body.mode)
     records = texts.records(stored, body.texts, body.payloads)
     out = await engine.write(body.items, body.mode, body.namespace, records, body.pinned)
     return WriteResponse(slots=out.slots, evicted=out.evicted, used=out.used)
