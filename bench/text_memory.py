@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,26 +33,16 @@ from typing import Any
 import httpx
 
 from bench.common import RESULTS, ROOT, command, md_table, write_results
+from bench.http import rss_bytes
 from model import text_data
 from model.embed import Embedder
+from service.process import ServerProcess, free_port
 
 WEIGHTS = ROOT / "weights" / "minilm-bible-m48.safetensors"
 
 
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def rss(pid: int) -> int:
+    return rss_bytes(pid)["VmRSS"]
 
 
 def embed_alone(texts: list[str], batch: int) -> float:
@@ -103,7 +91,7 @@ def ram_per_slot(texts: list[str], keys: list[str], n: int) -> dict[str, float]:
     from model.bank import MemoryBank
     from service.texts import record
 
-    before = rss_bytes(os.getpid())
+    before = rss(os.getpid())
     bank = MemoryBank(n, 48, dtype="int8", scales=torch.full((48,), 0.01))
     g = torch.Generator().manual_seed(0)
     step = 10_000
@@ -113,7 +101,7 @@ def ram_per_slot(texts: list[str], keys: list[str], n: int) -> dict[str, float]:
         recs = [record(texts[i % len(texts)], {"verse": keys[i % len(keys)]}) for i in idx]
         json_bytes += sum(len(r) for r in recs if r is not None)
         bank.assign(idx, torch.randn(len(idx), 48, generator=g), namespace="bench", records=recs)
-    after = rss_bytes(os.getpid())
+    after = rss(os.getpid())
     stats = bank.stats()
     return {
         "state": stats["bytes"] / n,
@@ -140,11 +128,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     alone = embed_alone(texts, args.batch)
 
     folder = Path(tempfile.mkdtemp(prefix="mt-bench-text-"))
-    port = free_port()
     env = {
         **os.environ,
         "MT_HOST": "127.0.0.1",
-        "MT_PORT": str(port),
+        "MT_PORT": str(free_port()),
         "MT_WEIGHTS": str(WEIGHTS),
         "MT_SNAPSHOT_DIR": str(folder / "snapshots"),
         "MT_CAPACITY": str(args.n),
@@ -152,21 +139,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "MT_LOG_LEVEL": "warning",
         "PYTHONPATH": str(ROOT),
     }
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
+    server = ServerProcess(env, folder / "server.log").start()
+    url = server.base
     try:
+        server.wait_ready()
+        assert server.proc is not None
         with httpx.Client(base_url=url, timeout=300) as http:
-            while True:
-                try:
-                    if http.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if proc.poll() is not None:
-                    raise RuntimeError("the server did not start")
-                time.sleep(0.2)
             http.post("/recall", json={"texts": ["warm up"]})
-            empty_rss = rss_bytes(proc.pid)
+            empty_rss = rss(server.proc.pid)
             b = args.batch
             remember_bodies = [
                 {"texts": texts[i : i + b], "payloads": [{"verse": k} for k in keys[i : i + b]]}
@@ -176,10 +156,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             recall_bodies = [{"texts": queries[i : i + b]} for i in range(0, args.n, b)]
             recall = load(url, "/recall", recall_bodies, args.clients)
             stats = http.get("/stats").json()
-            filled_rss = rss_bytes(proc.pid)
+            filled_rss = rss(server.proc.pid)
     finally:
-        proc.terminate()
-        proc.wait(60)
+        server.stop()
         shutil.rmtree(folder, ignore_errors=True)
 
     ram = ram_per_slot(list(task.bank_texts), list(task.bank_keys), args.ram_slots)

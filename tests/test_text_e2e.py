@@ -7,7 +7,6 @@ texts, payloads and namespaces it acknowledged."""
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +14,11 @@ import httpx
 
 from model import text_data
 from service.client import MemoryTransitClient
-from tests.test_e2e import free_port, server, server_env
+from tests.test_e2e import free_port, server, server_env, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "weights" / "minilm-bible-m48.safetensors"
 N, BATCH = 1000, 100
-
-
-def wait_ready(http: httpx.Client, log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if http.get("/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
 
 
 def recall(http: httpx.Client, texts: list[str], namespace: str) -> list[list[dict[str, Any]]]:
@@ -53,8 +40,12 @@ def test_remember_recall_forget_and_survive_kill_9(tmp_path: Path) -> None:
     env = server_env(port, WEIGHTS, tmp_path / "snapshots", capacity="2000", snapshot_every_s="0")
     log = tmp_path / "server.log"
     url = f"http://127.0.0.1:{port}"
-    with server(env, log) as proc, httpx.Client(base_url=url, timeout=120) as http:
-        wait_ready(http, log)
+    with (
+        server(env, log) as proc,
+        httpx.Client(base_url=url, timeout=120) as http,
+        MemoryTransitClient(url) as mt,
+    ):
+        wait_ready(mt, proc, log)
         slots: list[int] = []
         for i in range(0, N, BATCH):
             body = {
@@ -75,21 +66,25 @@ def test_remember_recall_forget_and_survive_kill_9(tmp_path: Path) -> None:
         for i, hits in enumerate(found):
             if right[i]:  # its own text and payload come back with it
                 assert (hits[0]["text"], hits[0]["payload"]) == (verses[i], {"verse": keys[i]})
-        with MemoryTransitClient(url) as mt:  # the typed client speaks the same routes
-            assert mt.namespaces()["alpha"].used == half
-            gone = mt.forget_namespace("alpha")
-            assert (gone.namespace, gone.forgotten, gone.used) == ("alpha", list(range(half)), half)
-            [[memory]] = mt.recall([paraphrases[half]], namespace="beta")
-            assert memory.slot == found[half][0]["slot"]
-            assert mt.pin_slot(N - 1).pinned is True
+        # the typed client speaks the same routes
+        assert mt.namespaces()["alpha"].used == half
+        gone = mt.forget_namespace("alpha")
+        assert (gone.namespace, gone.forgotten, gone.used) == ("alpha", list(range(half)), half)
+        [[memory]] = mt.recall([paraphrases[half]], namespace="beta")
+        assert memory.slot == found[half][0]["slot"]
+        assert mt.pin_slot(N - 1).pinned is True
         assert recall(http, paraphrases[:5], "alpha") == [[]] * 5
         beta = recall(http, paraphrases[half:], "beta")
         assert [h[0]["slot"] for h in beta] == [h[0]["slot"] for h in found[half:]]
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
 
-    with server(env, log) as proc, httpx.Client(base_url=url, timeout=120) as http:
-        wait_ready(http, log)
+    with (
+        server(env, log) as proc,
+        httpx.Client(base_url=url, timeout=120) as http,
+        MemoryTransitClient(url) as mt,
+    ):
+        wait_ready(mt, proc, log)
         stats = http.get("/stats").json()
         assert stats["used"] == half and stats["recovery"]["replayed"] > 0
         assert http.get("/namespaces").json()["namespaces"]["beta"]["used"] == half
