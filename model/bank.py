@@ -377,8 +377,9 @@ class MemoryBank:
         if self.namespace_quota or any_pinned or any(pins):
             ids = [self.meta.id_of(ns) for ns in namespaces]
             ns_ids = [-1 - i if v is None else v for i, v in enumerate(ids)]  # new: unique
+            namespace = self.meta.namespace if self.namespace_quota else None  # quotas only
             return lfu.plan_each(
-                sizes, self._policy(), self.meta.namespace, ns_ids, pins, self.namespace_quota
+                sizes, self._policy(), namespace, ns_ids, pins, self.namespace_quota
             )
         return lfu.plan(sizes, self._policy(pinned=False))  # no pin anywhere
 

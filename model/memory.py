@@ -320,8 +320,9 @@ class IDRPMemory:
                     end += 1
                 found += self._read_run(spans[run:end], *key)
                 run = end
-            for f in found:
-                f.records = [self.bank.records_at(row) for row in f.slots.tolist()]
+            if not self.bank.meta.plain:  # no slot keeps a record: the hits carry none
+                for f in found:
+                    f.records = [self.bank.records_at(row) for row in f.slots.tolist()]
             wanted = [f for f in found if reads[f.i].reconstruct and f.recon is None]
             hit = (
                 torch.cat([f.slots.reshape(-1) for f in wanted])
