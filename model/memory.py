@@ -6,6 +6,7 @@ what a read finds. Production (service/engine.py) runs exactly this code.
     memory.write_group([Write(x1), Write(x2, "each")])   # many: one encode, one log call
     memory.read(x, top_k=1, min_score=None)          # IDRPReadResult (tensors)
     memory.read_batch([Read(q1), Read(q2, top_k=3)])     # many: one encode, one decode
+    memory.search(z, top_k) then memory.touch(slots, written, counted)   # a read over banks
 
 Batched and loggable. A write group checks each request, encodes all of them at once (outside
 the lock), checks their codes, plans every slot (model/lfu.py) as if the requests came one at a
@@ -401,6 +402,62 @@ class IDRPMemory:
             n = f.slots.numel()
             f.recon = flat[pos : pos + n].view(*f.slots.shape, self.d)
             pos += n
+
+    # ------------------------------------------------------------------ a read over several banks
+
+    def search(
+        self,
+        z: Tensor,
+        top_k: int,
+        min_score: float | None = None,
+        namespace: str | None = None,
+        x: Tensor | None = None,
+        candidates: int = 0,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Stage one of a read that spans several banks (service/scale/): this bank's top_k
+        for the codes z (B, m) of checked queries, rescored on the items x (B, d) when
+        candidates > 0, as `read_batch` finds them, but nothing counted. Returns slots (B, k)
+        (-1: none), scores, code scores, and the tick each hit was last written at (-1
+        where none), which `touch` checks."""
+        with self._lock:
+            if candidates:
+                assert x is not None, "a rescored search needs the query items"
+                out = rescore(
+                    self.bank, self.model.decode, x, z, top_k, min_score, namespace, candidates
+                )
+                slots, scores, code_scores = out.slots, out.scores, out.code_scores
+            else:
+                slots, scores = self.bank.search(z, top_k, min_score, namespace)
+                code_scores = scores
+            written = torch.where(slots >= 0, self.bank.last_write[slots.clamp_min(0)], -1)
+        return slots, scores, code_scores, written
+
+    def touch(
+        self, slots: Tensor, written: Tensor, counted: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, list[list[bytes | None]] | None]:
+        """Stage two: count the hits a merge over several banks kept from `search`. slots
+        (R, k): this bank's kept hits of R queries, in their global order (-1 elsewhere; a row
+        of -1 is a query that missed everywhere); written: each hit's last_write at stage one.
+        A slot written or freed since is no longer that hit: it becomes -1 and counts nothing.
+        counted (R,) bool: the rows whose query this bank counts in reads / hits / misses (a
+        query is counted by one bank only); every kept hit counts its slot's access.
+
+        Returns the kept slots (R, k), their counts after this read (0 where -1), their codes
+        (H, m) in row-major order, and their records (R, k) (None while no slot keeps one)."""
+        with self._lock:
+            bank = self.bank
+            safe = slots.clamp_min(0)
+            same = (slots >= 0) & bank.occupied[safe] & (bank.last_write[safe] == written)
+            kept = torch.where(same, slots, -1)
+            reads, hits, misses = bank.reads, bank.hits, bank.misses
+            counts = bank.touch(kept)
+            # touch counted every row, and a row's hit by its first entry: recount as said
+            n = int(counted.sum())
+            n_hit = int(((kept >= 0).any(dim=1) & counted).sum())
+            bank.reads, bank.hits, bank.misses = reads + n, hits + n_hit, misses + n - n_hit
+            codes = bank.hit_codes(kept[kept >= 0])
+            records = None if bank.meta.plain else [bank.records_at(r) for r in kept.tolist()]
+        return kept, counts, codes, records
 
     # ------------------------------------------------------------------ slots and state
 

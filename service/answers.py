@@ -119,6 +119,20 @@ class DeleteResponse(BaseModel):
     used: int = Field(description="Occupied slots after the delete.")
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
+class ShardSnapshot(BaseModel):
+    shard: int
+    path: str
+    bytes: int
+    seconds: float
+    lsn: int
+    sha256: str
+    created_at: str
+
+
 class SnapshotResponse(BaseModel):
     path: str
     bytes: int
@@ -126,6 +140,13 @@ class SnapshotResponse(BaseModel):
     lsn: int = Field(description="Last write-ahead-log record the snapshot contains.")
     sha256: str
     created_at: str
+    shards: list[ShardSnapshot] | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="The Ray app only (python -m service.ray): each bank shard's snapshot; "
+        "then path is the snapshot folder, bytes and lsn their sums, seconds the longest, "
+        "sha256 the sha256 of the shards' sha256 in shard order (absent from one process).",
+    )
 
 
 class CountSummary(BaseModel):
@@ -159,6 +180,26 @@ class BatchingInfo(BaseModel):
     largest_write_group: int = Field(description="Most write requests in one group so far.")
 
 
+class ShardInfo(BaseModel):
+    """One bank shard of the Ray app (service/scale/); its figures are null while it is down."""
+
+    shard: int
+    ready: bool = Field(
+        description="False while the shard is down or recovering: reads answer without it "
+        "(header X-MT-Missing-Shards), writes and slot operations routed to it are 503."
+    )
+    first_slot: int = Field(description="Global id of the shard's slot 0 (shard * capacity).")
+    capacity: int
+    used: int | None
+    reads: int | None
+    hits: int | None
+    misses: int | None
+    writes: int | None
+    evictions: int | None
+    last_snapshot: LastSnapshot | None
+    recovery: RecoveryInfo | None
+
+
 class StatsResponse(BaseModel):
     capacity: int
     used: int
@@ -189,6 +230,12 @@ class StatsResponse(BaseModel):
     last_snapshot: LastSnapshot | None
     recovery: RecoveryInfo
     uptime_s: float
+    shards: list[ShardInfo] | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="The Ray app only (python -m service.ray): every bank shard; the fields "
+        "above are then totals over the shards that answered (absent from one process).",
+    )
 
 
 class HealthResponse(BaseModel):

@@ -55,7 +55,7 @@ async def _start_engine(app: FastAPI, engine: Engine) -> None:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    engine = Engine(app.state.settings)
+    engine = app.state.engine_factory(app.state.settings)
     app.state.engine = engine
     starting = asyncio.create_task(_start_engine(app, engine), name="mt-engine-start")
     try:
@@ -93,8 +93,12 @@ def _openapi(app: FastAPI, models: list[type[BaseModel]]) -> Callable[[], dict[s
     return openapi
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """A new app with its own engine, metrics registry and settings (default: MT_* env)."""
+def create_app(
+    settings: Settings | None = None, engine_factory: Callable[[Settings], Engine] = Engine
+) -> FastAPI:
+    """A new app with its own engine, metrics registry and settings (default: MT_* env).
+    engine_factory builds the engine the lifespan starts: the Ray app (service/scale/) passes
+    one whose methods fan out to bank shards, with the same routes over it."""
     settings = settings or get_settings()
     app = FastAPI(
         title="MemoryTransit",
@@ -106,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.engine_factory = engine_factory
     app.state.models = models = request_models(
         settings.max_items,
         settings.max_top_k,

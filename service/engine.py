@@ -6,6 +6,8 @@
     await engine.read(queries, top_k=1, min_score=None, reconstruct=True, namespace=None)
     await engine.remember(texts, payloads, namespace)   # text codecs (service/texts.py)
     await engine.recall(texts, top_k, min_score, namespace)
+    await engine.search(codes, top_k) / engine.touch(slots, written, counted)   # a read's two
+                                 # stages when it spans several banks (service/scale/)
     await engine.stop()          # drain the queues, snapshot on shutdown, close the WAL
 
 A facade, as infinity's engine is: each public method checks the engine is ready and awaits a
@@ -358,6 +360,28 @@ class Engine:
         return await self._reads.submit(
             Read(queries, top_k, min_score, reconstruct, namespace, r), _rows(queries)
         )
+
+    async def search(
+        self,
+        codes: torch.Tensor,
+        top_k: int,
+        min_score: float | None = None,
+        namespace: str | None = None,
+        items: torch.Tensor | None = None,
+        rescore: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stage one of a read over several banks: IDRPMemory.search (nothing counted)."""
+        self._check_ready()
+        return await self._run(
+            self._memory().search, codes, top_k, min_score, namespace, items, rescore
+        )
+
+    async def touch(
+        self, slots: torch.Tensor, written: torch.Tensor, counted: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[bytes | None]] | None]:
+        """Stage two: IDRPMemory.touch (count the hits the merge kept)."""
+        self._check_ready()
+        return await self._run(self._memory().touch, slots, written, counted)
 
     async def remember(
         self,
