@@ -71,6 +71,7 @@ async def snapshot(_: WriteAccess, engine: EngineDep) -> SnapshotResponse:
         lsn=info.lsn,
         sha256=info.sha256,
         created_at=info.created_at,
+        shards=getattr(info, "shards", None),  # the Ray app's engine: each shard's snapshot
     )
 
 
@@ -117,7 +118,7 @@ async def codec(_: ReadAccess, engine: EngineDep) -> CodecResponse:
 
 
 def _summaries(bank: MemoryBank, slots: torch.Tensor) -> list[SlotSummary]:
-    columns = (bank.counts[slots], bank.last_write[slots], bank.last_access[slots])
+    columns = (bank.counts[slots], *bank.ticks(slots))
     return [
         SlotSummary(slot=s, count=c, last_write=w, last_access=a)
         for s, c, w, a in zip(slots.tolist(), *(t.tolist() for t in columns), strict=True)
