@@ -415,16 +415,18 @@ class IDRPMemory:
         candidates: int = 0,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Stage one of a read that spans several banks (service/scale/): this bank's top_k
-        for the codes z (B, m) of checked queries, rescored on the items x (B, d) when
-        candidates > 0, as `read_batch` finds them, but nothing counted. Returns slots (B, k)
-        (-1: none), scores, code scores, and the tick each hit was last written at (-1
-        where none), which `touch` checks."""
+        for the codes z (B, m) of checked queries as `read_batch` finds them, but nothing
+        counted. Rescored (candidates > 0, with the query items x (B, d)): ALL of this bank's
+        R = max(candidates, top_k) code neighbours, each with its input-space score, by that
+        score, min_score not applied: the caller keeps the global top R by code score, then
+        ranks those as model/rescore.py does. Returns slots (B, k or R) (-1: none), scores,
+        code scores, and the tick each hit was last written at (-1 where none), which
+        `touch` checks."""
         with self._lock:
             if candidates:
                 assert x is not None, "a rescored search needs the query items"
-                out = rescore(
-                    self.bank, self.model.decode, x, z, top_k, min_score, namespace, candidates
-                )
+                r = max(candidates, top_k)
+                out = rescore(self.bank, self.model.decode, x, z, r, None, namespace, r)
                 slots, scores, code_scores = out.slots, out.scores, out.code_scores
             else:
                 slots, scores = self.bank.search(z, top_k, min_score, namespace)

@@ -113,6 +113,10 @@ class _View:
         self.capacity = capacity * len(parts)
         self._plan = plan
 
+    def ticks(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last_write, last_access) of these slots, as MemoryBank.ticks."""
+        return self.last_write[slots], self.last_access[slots]
+
     def choose_slots(self, n: int) -> Plan:
         plan: Plan = self._plan(n)
         return plan
@@ -342,7 +346,7 @@ class ShardedEngine:
         )
         if all(f is None for f in found):
             raise NotReady("no bank shard is available; try again shortly")
-        merged = merge(found, top_k)
+        merged = merge(found, top_k, r, min_score)
         plans = [
             (s, t)
             for s in range(len(self.shards))

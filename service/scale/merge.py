@@ -101,9 +101,17 @@ class Merged:
     counter: Tensor  # (B,) int64: the shard that counts each query's read
 
 
-def merge(found: Sequence[Searched | None], top_k: int) -> Merged:
+def merge(
+    found: Sequence[Searched | None],
+    top_k: int,
+    candidates: int = 0,
+    min_score: float | None = None,
+) -> Merged:
     """The global top_k of each query from the shards' stage-one answers (None: a shard that
-    did not answer). Needs at least one answer."""
+    did not answer). Needs at least one answer. Rescored reads (candidates > 0: each shard
+    sent all its R = max(candidates, top_k) code neighbours with their rescored scores): the
+    global top R by code score, ranked by rescored score (ties: code order), min_score on
+    that score, as one bank's rescore (model/rescore.py) does."""
     answered = [(s, f) for s, f in enumerate(found) if f is not None]
     assert answered, "merge needs at least one shard's answer"
     b = answered[0][1][0].shape[0]
@@ -112,6 +120,14 @@ def merge(found: Sequence[Searched | None], top_k: int) -> Merged:
     scores = torch.cat([f[1].cpu() for _, f in answered], dim=1)
     code = torch.cat([f[2].cpu() for _, f in answered], dim=1)
     written = torch.cat([f[3].cpu() for _, f in answered], dim=1)
+    if candidates:  # the global top R by code score first, in code order
+        r = max(candidates, top_k)
+        by_code = torch.where(slots >= 0, code, -math.inf)
+        pool = torch.argsort(by_code, dim=1, descending=True, stable=True)[:, :r]
+        slots, shard, scores = slots.gather(1, pool), shard.gather(1, pool), scores.gather(1, pool)
+        code, written = code.gather(1, pool), written.gather(1, pool)
+        if min_score is not None:
+            slots = torch.where(scores >= min_score, slots, -1)
     key = torch.where(slots >= 0, scores, -math.inf)
     take = torch.argsort(key, dim=1, descending=True, stable=True)[:, :top_k]  # (B, k)
     hit = slots.gather(1, take) >= 0

@@ -45,11 +45,16 @@ def _route(bank: MemoryBank) -> Route:
 
 def _counters(bank: MemoryBank) -> dict[str, Any]:
     """What the read-only views (GET /slots, /evictions/next) read of a bank."""
+    ticks = getattr(bank, "ticks", None)  # absolute ticks where the bank stores them relative
+    if ticks is not None:
+        last_write, last_access = ticks(torch.arange(bank.capacity, device=bank.device))
+    else:
+        last_write, last_access = bank.last_write, bank.last_access
     return {
         "occupied": bank.occupied.cpu().clone(),
         "counts": bank.counts.cpu().clone(),
-        "last_write": bank.last_write.cpu().clone(),
-        "last_access": bank.last_access.cpu().clone(),
+        "last_write": last_write.cpu().clone(),
+        "last_access": last_access.cpu().clone(),
         "tick": bank.tick,
     }
 
