@@ -36,9 +36,9 @@ from model.enums import DEFAULT_NAMESPACE, check_namespace
 from model.errors import SlotNotFound
 from model.ops import Assign, Clear, Forget, Free, Op, Pin, combine
 from model.quant import Quantiser
-from model.search import all_finite, rank_in_order, search, unit_rows
+from model.search import all_finite, inverse_norms, rank_in_order, search
 from model.slots import META_KEYS, SlotMeta
-from model.state import COUNTER_NAMES, DTYPES, state_problem
+from model.state import COUNT_MAX, COUNTER_NAMES, DTYPES, TICK_MAX, rebase_ticks, state_problem
 
 __all__ = [
     "COUNTER_NAMES",
@@ -121,10 +121,15 @@ class MemoryBank:
         round(z / scales) clamped to [-127, 127] (round half to even), whose value is
         codes * scales. Free slots hold zeros.
       scales (m,) float32, int8 only: per-dimension scale, all > 0 (the codec's `code_scales`).
-      counts int64: accesses since the slot was last written, starting at `initial_count`.
+      counts int32: accesses since the slot was last written, starting at `initial_count`,
+        saturating at 2^31 - 1.
       occupied bool: whether the slot holds a code (a written slot whose count is 0 is not free).
-      last_write, last_access int64: the tick of the slot's last write / last read hit (0 = never).
-    Scalar counters: tick, reads, hits, misses, writes, evictions (see `COUNTER_NAMES`).
+      last_write, last_access int32: the tick of the slot's last write / last read hit (0 =
+        never), relative to `tick_base` (`SlotView` and `ticks` give them absolute). Before the
+        relative tick would pass 2^31 - 1 the bank rebases them (model.state.rebase_ticks):
+        the order of last touches, which LFU ties use, is kept.
+    Scalar counters: tick, reads, hits, misses, writes, evictions, tick_base (`COUNTER_NAMES`).
+    So a slot costs its code plus 13 bytes of state, plus 4 bytes of read cache.
 
     Ticks. `tick` counts operations. Each query of a read is one operation (a read of B queries
     advances tick by B and query i's hits get last_access = tick_before + i + 1), so a batch
@@ -132,12 +137,14 @@ class MemoryBank:
     write, whatever its number of rows), a delete and a clear each advance tick by one; all
     slots of one assign share its tick.
 
-    Reads search a float32 unit-length copy of the codes plus a free-slot mask (model/search.py).
-    The copy costs capacity * (m + 1) * 4 bytes on top of the state (`stats()["cache_bytes"]`):
-    bench/bank.py measured a single query 4x faster than casting float16 / int8 blocks on the fly.
+    Reads search the stored codes in their dtype (model/search.py), with one float32 per slot
+    on top of the state: the inverse norm of its dequantised code (`stats()["cache_bytes"]`,
+    rebuilt on load, never saved), plus one reused block buffer.
 
     Not thread-safe: one caller at a time (model.memory.IDRPMemory holds a lock).
     """
+
+    TICK_MAX = TICK_MAX  # the largest relative slot tick; tests lower it to see rebases
 
     def __init__(
         self,
@@ -200,15 +207,15 @@ class MemoryBank:
         """An empty bank: all slots free, all counters 0."""
         n, dev = self.capacity, self.device
         self.codes = torch.zeros(n, self.m, dtype=self.quant.storage, device=dev)
-        self.counts = torch.zeros(n, dtype=torch.int64, device=dev)
+        self.counts = torch.zeros(n, dtype=torch.int32, device=dev)
         self.occupied = torch.zeros(n, dtype=torch.bool, device=dev)
-        self.last_write = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.last_access = torch.zeros(n, dtype=torch.int64, device=dev)
+        self.last_write = torch.zeros(n, dtype=torch.int32, device=dev)
+        self.last_access = torch.zeros(n, dtype=torch.int32, device=dev)
         self.tick = self.reads = self.hits = self.misses = self.writes = self.evictions = 0
-        # Read cache: unit-length float32 codes and the additive free-slot mask.
-        self._unit = torch.zeros(n, self.m, dtype=torch.float32, device=dev)
-        self._mask = torch.full((n,), -math.inf, dtype=torch.float32, device=dev)
-        self._blocks: list[Tensor] = []  # the reused (B * rows) score buffer, once made
+        self.tick_base = 0
+        # Read cache: the inverse norm of each slot's dequantised code (0: free or zero).
+        self._inv = torch.zeros(n, dtype=torch.float32, device=dev)
+        self._blocks: list[Tensor] = []  # the reused block buffer of reads, once made
         self.meta = SlotMeta(n, dev)
 
     # ------------------------------------------------------------------ checks of its contract
@@ -302,12 +309,21 @@ class MemoryBank:
                 raise ValueError(f"expected a finite min_score, got {min_score}")
         b, dev = q.shape[0], self.device
         kk = min(k, self.capacity)
-        mask, occupied = self._mask, self.occupied
+        allowed = self.occupied
         if namespace is not None:
-            occupied = self.meta.in_namespace(namespace, self.occupied)
-            mask = torch.where(occupied, 0.0, -math.inf).to(torch.float32)
+            allowed = self.meta.in_namespace(namespace, self.occupied)
+        qn = q * inverse_norms(q).unsqueeze(1)
         cand, scores, valid = search(
-            unit_rows(q), self._unit, mask, occupied, kk, min_score, self._blocks
+            qn,
+            self.codes,
+            self.quant.dequantise,
+            self.quant.scales,
+            self._inv,
+            allowed,
+            kk,
+            min_score,
+            self._blocks,
+            zero_free=namespace is None,  # free slots hold zero codes (`_free`)
         )
         slots = torch.full((b, k), -1, dtype=torch.int64, device=dev)
         out_scores = torch.zeros((b, k), dtype=torch.float32, device=dev)
@@ -324,10 +340,18 @@ class MemoryBank:
         flat = slots.reshape(-1)  # (B * k,), query-major: the order B single reads would take
         hit_pos = torch.nonzero(flat >= 0).squeeze(1)  # (H,)
         hit_slots = flat[hit_pos]  # (H,)
+        self._make_room(b)
         if hit_slots.numel():
-            out_counts.view(-1)[hit_pos] = self.counts[hit_slots] + rank_in_order(hit_slots, b)
-            self.counts.index_add_(0, hit_slots, torch.ones_like(hit_slots))
-            hit_ticks = self.tick + 1 + torch.div(hit_pos, k, rounding_mode="floor")
+            before = self.counts[hit_slots].to(torch.int64)
+            out_counts.view(-1)[hit_pos] = (before + rank_in_order(hit_slots, b)).clamp_(
+                max=COUNT_MAX
+            )
+            self.counts.index_add_(0, hit_slots, torch.ones_like(hit_slots, dtype=torch.int32))
+            if int(before.max()) > COUNT_MAX - b * k:  # saturate: a count never wraps
+                wrapped = hit_slots[self.counts[hit_slots] < 0]
+                self.counts[wrapped] = COUNT_MAX
+            now = self.tick - self.tick_base + 1  # relative tick of this read's first query
+            hit_ticks = (now + torch.div(hit_pos, k, rounding_mode="floor")).to(torch.int32)
             self.last_access.scatter_reduce_(0, hit_slots, hit_ticks, reduce="amax")
         n_hit = int((slots[:, 0] >= 0).sum().item()) if k else 0
         self.tick += b
@@ -338,16 +362,39 @@ class MemoryBank:
 
     # ------------------------------------------------------------------ write
 
+    def _make_room(self, ahead: int) -> None:
+        """Rebase the slot ticks when `ahead` more ticks would take the relative tick past
+        TICK_MAX (model.state.rebase_ticks)."""
+        if self.tick + ahead - self.tick_base > self.TICK_MAX:
+            self.last_write, self.last_access, self.tick_base = rebase_ticks(
+                self.last_write,
+                self.last_access,
+                self.occupied,
+                self.tick,
+                self.tick_base,
+                ahead,
+                self.TICK_MAX,
+            )
+
+    def ticks(self, slots: Tensor) -> tuple[Tensor, Tensor]:
+        """Absolute (last_write, last_access) int64 of these slots (0 = never)."""
+
+        def absolute(t: Tensor) -> Tensor:
+            v = t[slots].to(torch.int64)
+            return torch.where(v > 0, v + self.tick_base, 0)
+
+        return absolute(self.last_write), absolute(self.last_access)
+
     def _policy(self, pinned: bool = True) -> lfu.Policy:
         return lfu.Policy(
             self.occupied,
             self.counts,
             self.last_write,
             self.last_access,
-            self.tick,
+            self.tick - self.tick_base,
             self.initial_count,
             self.decay_ticks,
-            self.meta.pinned if pinned else None,
+            self.meta.pinned_or_none() if pinned else None,
         )
 
     def choose_slots(self, n: int) -> lfu.Plan:
@@ -373,7 +420,7 @@ class MemoryBank:
             raise ValueError(f"expected sizes <= capacity={self.capacity}, got {sizes}")
         namespaces = list(namespaces or [DEFAULT_NAMESPACE] * len(sizes))
         pins = list(pins or [False] * len(sizes))
-        any_pinned = not self.meta.plain and bool(self.meta.pinned.any())
+        any_pinned = self.meta.any_pinned()
         if self.namespace_quota or any_pinned or any(pins):
             ids = [self.meta.id_of(ns) for ns in namespaces]
             ns_ids = [-1 - i if v is None else v for i, v in enumerate(ids)]  # new: unique
@@ -410,17 +457,25 @@ class MemoryBank:
         if records is not None and len(records) != idx.numel():
             raise ValueError(f"expected one record per slot ({idx.numel()}), got {len(records)}")
         stored = self.quant.quantise(z)  # validates before any mutation
+        self._make_room(1)
         self.tick += 1
         self.evictions += int(self.occupied[idx].sum().item())
         self.writes += idx.numel()
         self.codes[idx] = stored
         self.occupied[idx] = True
-        self.counts[idx] = self.initial_count
-        self.last_write[idx] = self.tick
+        self.counts[idx] = min(self.initial_count, COUNT_MAX)
+        self.last_write[idx] = self.tick - self.tick_base
         self.last_access[idx] = 0
-        self._unit[idx] = unit_rows(self.quant.dequantise(stored))
-        self._mask[idx] = 0.0
+        self._inv[idx] = inverse_norms(self.quant.dequantise(stored))
         self.meta.set(idx, namespace, records, pinned)
+
+    def _inverse_norms(self, rows: int = 1 << 16) -> Tensor:
+        """The read cache of every slot, built in blocks (no full float32 copy of the codes)."""
+        out = torch.empty(self.capacity, dtype=torch.float32, device=self.device)
+        for start in range(0, self.capacity, rows):
+            block = self.codes[start : start + rows]
+            out[start : start + rows] = inverse_norms(self.quant.dequantise(block))
+        return out
 
     def _check_slots(self, idx: Tensor) -> None:
         bad = idx[(idx < 0) | (idx >= self.capacity)]
@@ -459,15 +514,16 @@ class MemoryBank:
     def get(self, slot: SupportsIndex) -> SlotView:
         """The slot's dequantised code, counters, namespace, pin and record (not an access)."""
         s = self._check_slot(slot)
+        last_write, last_access = self.ticks(torch.tensor([s], device=self.device))
         return SlotView(
             slot=s,
             count=int(self.counts[s]),
-            last_write=int(self.last_write[s]),
-            last_access=int(self.last_access[s]),
+            last_write=int(last_write[0]),
+            last_access=int(last_access[0]),
             code=self.quant.dequantise(self.codes[s : s + 1])[0].clone(),
-            namespace=self.meta.names[int(self.meta.namespace[s])],
-            pinned=bool(self.meta.pinned[s]),
-            record=self.meta.records[s],
+            namespace=self.meta.namespace_of(s),
+            pinned=self.meta.is_pinned(s),
+            record=self.meta.record(s),
         )
 
     def codes_at(self, slots: Tensor | Sequence[int]) -> Tensor:
@@ -492,7 +548,7 @@ class MemoryBank:
 
     def records_at(self, slots: Sequence[int]) -> list[bytes | None]:
         """The records of these slots (-1: None), as stored."""
-        return [None if s < 0 else self.meta.records[s] for s in slots]
+        return [None if s < 0 else self.meta.record(s) for s in slots]
 
     def namespace_slots(self, namespace: str) -> list[int]:
         """The occupied slots of a namespace, ascending ([] when it has none)."""
@@ -505,6 +561,7 @@ class MemoryBank:
     def delete(self, slot: SupportsIndex) -> None:
         """Free one occupied slot (its code, count and ticks go back to zero)."""
         s = self._check_slot(slot)
+        self._make_room(1)
         self.tick += 1
         self._free(torch.tensor([s], device=self.device))
 
@@ -512,6 +569,7 @@ class MemoryBank:
         """Free these occupied slots at once (one tick); SlotNotFound before any change."""
         idx = self._occupied_index(slots)
         self._check_slots(idx)
+        self._make_room(1)
         self.tick += 1
         self._free(idx)
 
@@ -521,6 +579,7 @@ class MemoryBank:
 
     def clear(self) -> None:
         """Free every slot. The lifetime counters (reads, hits, ..., tick) keep running."""
+        self._make_room(1)
         self.tick += 1
         self._free(torch.arange(self.capacity, device=self.device))
 
@@ -530,20 +589,19 @@ class MemoryBank:
         self.counts[idx] = 0
         self.last_write[idx] = 0
         self.last_access[idx] = 0
-        self._unit[idx] = 0.0
-        self._mask[idx] = -math.inf
+        self._inv[idx] = 0.0
         self.meta.free(idx)
 
     # ------------------------------------------------------------------ stats
 
     def stats(self) -> dict[str, Any]:
         """Counters and occupancy. count_* are over occupied slots (0 when the bank is empty);
-        bytes = the code and counter tensors, cache_bytes = the float32 read cache on top of
-        them, meta_bytes = namespaces, pins and records (model/slots.py); namespaces = per
-        namespace with a slot: used, pinned, count_sum."""
+        bytes = the code and counter tensors, cache_bytes = the read cache on top of them (the
+        inverse norms and the block buffer), meta_bytes = namespaces, pins and records
+        (model/slots.py); namespaces = per namespace with a slot: used, pinned, count_sum."""
         occ = self.counts[self.occupied]
         used = int(occ.numel())
-        cache = [self._unit, self._mask, *self._blocks]
+        cache = [self._inv, *self._blocks]
         return {
             "capacity": self.capacity,
             "used": used,
@@ -615,8 +673,7 @@ class MemoryBank:
             self.quant = Quantiser("int8", self.m, adopt["scales"], dev)
         for name, value in zip(COUNTER_NAMES, adopt["counters"].tolist(), strict=True):
             setattr(self, name, int(value))
-        self._unit = unit_rows(self.quant.dequantise(self.codes))  # free slots hold zero codes
-        self._mask = torch.where(self.occupied, 0.0, -math.inf).to(torch.float32)
+        self._inv = self._inverse_norms()  # free slots hold zero codes: 0
         self._blocks = []
         self.meta = SlotMeta(self.capacity, dev)
         if META_KEYS[0] in state:

@@ -1,27 +1,38 @@
-"""The bank's read kernel: cosine top-k over unit-length codes, as pure functions over tensors.
+"""The bank's read kernel: cosine top-k over the stored codes, as pure functions over tensors.
 
-The bank keeps a float32 copy of every slot's code scaled to unit length (zeros for free or
-all-zero slots) and an additive mask (0 occupied, -inf free), so a read of B queries is one
-masked matrix product per block of slots, (B, m) x (m, rows), then a top-k: no Python loop over
-slots or queries. Returned scores are recomputed per (query, slot) pair, so they do not depend
-on the batch or the blocking. Ties between equal scores go to the lower slot for top_k = 1; for
-top_k > 1 a tie at the k-th place may go to either slot. Zero vectors score 0, never NaN.
+The bank searches the codes it stores, in their storage dtype, with no float32 copy: per slot
+it keeps only the inverse norm of the dequantised code (`inverse_norms`, 0 for free or
+all-zero slots). A read of B queries is, per block of slots, one cast of the block to float32
+(none for float32 codes), one matrix product (B, m) x (m, rows) against the queries scaled to
+unit length and multiplied by the per-dimension scales (int8: code * scales = the dequantised
+code, so the scales fold into the query), a product with the block's inverse norms, the
+free-slot mask and a top-k: no Python loop over slots or queries. The block's scores stay in
+cache between the product and the top-k that consumes it, and no N x B score matrix exists.
+Returned scores are recomputed per (query, slot) pair from the dequantised codes, so they do
+not depend on the batch or the blocking. Ties between equal scores go to the lower slot for
+top_k = 1; for top_k > 1 a tie at the k-th place may go to either slot. Zero vectors score 0,
+never NaN.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["all_finite", "rank_in_order", "search", "unit_rows"]
+__all__ = ["all_finite", "inverse_norms", "rank_in_order", "search", "unit_rows"]
 
 # Score-matrix elements per block in `search` (4 MiB of float32): a (B, rows) block stays in
 # cache between the matrix product and the top-k that consumes it, and the buffer stays small at
-# any N. A single query is never blocked: torch's matrix-vector product on row slices of the
-# cache ran 3-4x slower than one product over all rows (bench/bank.py, 2-core Xeon).
+# any N.
 BLOCK_ELEMENTS = 1 << 20
+# Rows per block of a single query over codes that need a cast (float16, int8): the cast block
+# (rows x m float32) stays in L2. Measured on the 2-core Xeon at 1M x 16: 16k rows 2.4 ms, 4k
+# 4-5 ms, 64k 2.9-3.2 ms. float32 codes are not cast: one product over all rows (a
+# matrix-vector product on row slices ran 3-4x slower, bench/bank.py).
+CAST_ROWS = 1 << 14
 
 
 def all_finite(t: Tensor) -> bool:
@@ -35,9 +46,8 @@ def all_finite(t: Tensor) -> bool:
 def unit_rows(x: Tensor) -> Tensor:
     """Rows of x (n, m) float32 scaled to unit length; all-zero rows stay zero (score 0, no NaN).
 
-    Each row's result depends on that row only (so a slot's cached row is the same whether it
-    was computed at a write or on load). Rows whose squares could overflow (|x| ~ 1e20) or
-    underflow (|x| ~ 1e-20) take a slower path that first divides by the largest |entry|.
+    Each row's result depends on that row only. Rows whose squares could overflow (|x| ~ 1e20)
+    or underflow (|x| ~ 1e-20) take a slower path that first divides by the largest |entry|.
     """
     norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)  # (n, 1)
     ok = (norm > 1e-15) & (norm < math.inf)  # (n, 1)
@@ -55,6 +65,27 @@ def _unit_rows_rescaled(x: Tensor) -> Tensor:
     return scaled / torch.where(norm > 0, norm, 1.0)
 
 
+def inverse_norms(x: Tensor) -> Tensor:
+    """1 / |row| of x (n, m) float32, (n,); 0 for all-zero rows: the bank's read cache, which
+    ranks candidates (their scores are then recomputed with `unit_rows`). Rows whose squares
+    could overflow or underflow are measured after dividing by their largest |entry|."""
+    norm = torch.linalg.vector_norm(x, dim=1)  # (n,)
+    ok = (norm > 1e-15) & (norm < math.inf)
+    inv = torch.where(ok, 1.0 / torch.where(ok, norm, 1.0), 0.0)
+    if not bool(ok.all()):
+        rows = torch.nonzero(~ok).squeeze(1)
+        inv[rows] = _inverse_norms_rescaled(x[rows])
+    return inv
+
+
+def _inverse_norms_rescaled(x: Tensor) -> Tensor:
+    peak = x.abs().amax(dim=1)  # (n,)
+    scaled = x / torch.where(peak > 0, peak, 1.0).unsqueeze(1)  # entries in [-1, 1]
+    norm = torch.linalg.vector_norm(scaled, dim=1)  # 0 or in [1, sqrt(m)]
+    # (1 / norm) / peak, not 1 / (norm * peak), which overflows for |x| ~ 3e38
+    return torch.where(norm > 0, 1.0 / torch.where(norm > 0, norm, 1.0) / peak, 0.0)
+
+
 def _top(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     if k == 1:  # max returns the first maximal index: ties go to the lower slot
         v, i = scores.max(dim=1, keepdim=True)
@@ -64,45 +95,115 @@ def _top(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 def _candidates(
-    qn: Tensor, unit: Tensor, mask: Tensor, k: int, block: list[Tensor]
-) -> tuple[Tensor, Tensor]:
-    """Top k (<= N) masked scores of unit queries qn (B, m) over unit (N, m): values, slots
-    (B, k). `block` holds a reusable score buffer (empty list: none yet)."""
-    b, n = qn.shape[0], unit.shape[0]
-    rows = max(k, BLOCK_ELEMENTS // b)
-    if b == 1 or rows >= n:
-        return _top(torch.addmm(mask, qn, unit.T), k)  # (B, N) scores
-    if not block or block[0].numel() < b * rows:
-        block[:] = [torch.empty(b * rows, dtype=torch.float32, device=unit.device)]
+    qs: Tensor,
+    codes: Tensor,
+    inv: Tensor,
+    allowed: Tensor,
+    k: int,
+    block: list[Tensor],
+    zero_free: bool,
+) -> Tensor:
+    """Slots (B, k) of the top k (<= N) scores of queries qs (B, m) (unit, times the scales)
+    over codes (N, m) in their storage dtype: score = qs . code * inv, -inf where not
+    allowed. `block` holds a reusable float32 buffer (empty list: none yet). zero_free: the
+    slots not allowed are exactly the free ones, whose zero codes score 0 (see `_single`)."""
+    if qs.shape[0] == 1:
+        return _single(qs[0], codes, inv, allowed, k, block, zero_free)
+    b, n, m = qs.shape[0], codes.shape[0], codes.shape[1]
+    cast = codes.dtype != torch.float32
+    rows = min(max(k, BLOCK_ELEMENTS // b), n)
+    need = b * rows + (rows * m if cast else 0)
+    buf = _buffer(block, need, rows == n, codes.device)
     values, slots = [], []
     for start in range(0, n, rows):
         stop = min(start + rows, n)
-        out = block[0][: b * (stop - start)].view(b, stop - start)
-        torch.addmm(mask[start:stop], qn, unit[start:stop].T, out=out)
-        v, i = _top(out, min(k, stop - start))
+        r = stop - start
+        c = codes[start:stop]
+        if cast:
+            c = buf[b * rows : b * rows + r * m].view(r, m).copy_(c)
+        out = buf[: b * r].view(b, r)
+        torch.mm(qs, c.T, out=out)
+        out.mul_(inv[start:stop])
+        out.masked_fill_(~allowed[start:stop], -math.inf)
+        v, i = _top(out, min(k, r))
         values.append(v)
         slots.append(i + start)
-    v, j = _top(torch.cat(values, dim=1), k)
-    return v, torch.gather(torch.cat(slots, dim=1), 1, j)
+    if len(values) == 1:
+        return slots[0]
+    _, j = _top(torch.cat(values, dim=1), k)
+    return torch.gather(torch.cat(slots, dim=1), 1, j)
+
+
+def _buffer(block: list[Tensor], need: int, once: bool, device: torch.device) -> Tensor:
+    if once:  # one block: a temporary, as large as this read needs
+        return torch.empty(need, dtype=torch.float32, device=device)
+    if not block or block[0].numel() < need:  # blocked: one buffer, kept for the next reads
+        block[:] = [torch.empty(need, dtype=torch.float32, device=device)]
+    return block[0]
+
+
+def _single(
+    q: Tensor,
+    codes: Tensor,
+    inv: Tensor,
+    allowed: Tensor,
+    k: int,
+    block: list[Tensor],
+    zero_free: bool,
+) -> Tensor:
+    """One query (m,): every score into one (N,) vector, one product with the inverse norms,
+    one top-k; (1, k) slots. float32 codes take one matrix-vector product; float16 and int8
+    are cast CAST_ROWS rows at a time into a buffer that stays in L2.
+
+    With zero_free the free-slot mask is applied only when needed: a free slot scores exactly
+    0 and cannot outrank an occupied slot of positive score, so the mask pass is skipped
+    unless a free slot made the top k (then the top k is taken again, masked)."""
+    n, m = codes.shape
+    scores = torch.empty(n, dtype=torch.float32, device=codes.device)
+    if codes.dtype == torch.float32:
+        torch.mv(codes, q, out=scores)
+    else:
+        rows = min(CAST_ROWS, n)
+        buf = _buffer(block, rows * m, rows == n, codes.device)
+        for start in range(0, n, rows):
+            stop = min(start + rows, n)
+            c = buf[: (stop - start) * m].view(stop - start, m).copy_(codes[start:stop])
+            torch.mv(c, q, out=scores[start:stop])
+    scores.mul_(inv)
+    if not zero_free:
+        scores.masked_fill_(~allowed, -math.inf)
+    _, cand = _top(scores.unsqueeze(0), k)
+    if zero_free and not bool(allowed[cand].all()):
+        scores.masked_fill_(~allowed, -math.inf)
+        _, cand = _top(scores.unsqueeze(0), k)
+    return cand
 
 
 def search(
     qn: Tensor,
-    unit: Tensor,
-    mask: Tensor,
-    occupied: Tensor,
+    codes: Tensor,
+    dequantise: Callable[[Tensor], Tensor],
+    scales: Tensor | None,
+    inv: Tensor,
+    allowed: Tensor,
     k: int,
     min_score: float | None,
     block: list[Tensor],
+    zero_free: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The best k (<= N) occupied slots for unit queries qn (B, m), best first, ties by lower
-    slot: (slots, scores, valid), each (B, k); valid is False where the slot is free or its
-    exact score is below min_score (those entries sort last)."""
-    _, cand = _candidates(qn, unit, mask, k, block)  # (B, k)
+    """The best k (<= N) allowed slots for unit queries qn (B, m), best first, ties by lower
+    slot: (slots, scores, valid), each (B, k). codes (N, m) are the stored codes, `dequantise`
+    turns them into float32 codes (= stored * scales when scales is given); inv (N,) their
+    inverse norms; allowed (N,) bool the occupied slots that may answer. valid is False where
+    the slot is not allowed or its exact score is below min_score (those entries sort last).
+    zero_free: the slots not allowed are the free ones, and their codes are zero."""
+    qs = qn if scales is None else qn * scales
+    cand = _candidates(qs, codes, inv, allowed, k, block, zero_free)  # (B, k)
     # Exact per-pair scores, independent of batch size and blocking; a cosine of unit rows
     # can round past +-1 (1.0000001): clipped, so a score is always in [-1, 1].
-    scores = (qn.unsqueeze(1) * unit[cand]).sum(dim=2).clamp_(-1.0, 1.0)  # (B, k)
-    valid = occupied[cand]
+    unit = unit_rows(dequantise(codes[cand.reshape(-1)])).view(*cand.shape, -1)  # (B, k, m)
+    scores = (qn.unsqueeze(1) * unit).sum(dim=2).clamp_(-1.0, 1.0)  # (B, k)
+    valid = allowed[cand]
     if min_score is not None:
         valid &= scores >= min_score
     key = torch.where(valid, scores, -math.inf)

@@ -19,6 +19,10 @@ tensors (`state_tensors`), so a snapshot holds it with the codes:
 
 Records live in process as one `bytes` object per slot (Python's 33-byte header + its length,
 plus an 8-byte list entry; `nbytes` counts them).
+
+Each part is allocated when first used: a bank whose slots are all in the default namespace,
+unpinned and without records (`plain`, the image-memory case) holds none of it, costs no byte
+per slot, and saves none of these tensors in its snapshots.
 """
 
 from __future__ import annotations
@@ -50,14 +54,52 @@ class SlotMeta:
     def __init__(self, capacity: int, device: torch.device) -> None:
         self.capacity = capacity
         self.device = device
-        self.namespace = torch.zeros(capacity, dtype=torch.int32, device=device)
-        self.pinned = torch.zeros(capacity, dtype=torch.bool, device=device)
-        self.records: list[bytes | None] = [None] * capacity
+        # None until first needed (module docstring)
+        self._namespace: Tensor | None = None
+        self._pinned: Tensor | None = None
+        self.records: list[bytes | None] | None = None
         self.names: list[str] = [DEFAULT_NAMESPACE]
         self._ids = {DEFAULT_NAMESPACE: 0}
-        # True while every slot is in the default namespace, unpinned, without a record: the
-        # common image-memory case, where set / free have nothing to do (writes cost as before)
-        self.plain = True
+
+    @property
+    def plain(self) -> bool:
+        """True while no part is allocated: every slot in the default namespace, unpinned,
+        without a record, so set / free / stats have nothing to do."""
+        return self._namespace is None and self._pinned is None and self.records is None
+
+    @property
+    def namespace(self) -> Tensor:
+        """int32 (capacity,): each slot's namespace id (allocated on first use)."""
+        if self._namespace is None:
+            self._namespace = torch.zeros(self.capacity, dtype=torch.int32, device=self.device)
+        return self._namespace
+
+    @property
+    def pinned(self) -> Tensor:
+        """bool (capacity,): which slots are pinned (allocated on first use)."""
+        if self._pinned is None:
+            self._pinned = torch.zeros(self.capacity, dtype=torch.bool, device=self.device)
+        return self._pinned
+
+    def pinned_or_none(self) -> Tensor | None:
+        """The pinned tensor, None while no slot was ever pinned."""
+        return self._pinned
+
+    def any_pinned(self) -> bool:
+        return self._pinned is not None and bool(self._pinned.any())
+
+    def namespace_of(self, slot: int) -> str:
+        return (
+            self.names[int(self._namespace[slot])]
+            if self._namespace is not None
+            else DEFAULT_NAMESPACE
+        )
+
+    def is_pinned(self, slot: int) -> bool:
+        return self._pinned is not None and bool(self._pinned[slot])
+
+    def record(self, slot: int) -> bytes | None:
+        return self.records[slot] if self.records is not None else None
 
     # ------------------------------------------------------------------ namespaces
 
@@ -77,7 +119,9 @@ class SlotMeta:
         ns = self._ids.get(name)
         if ns is None:
             return torch.zeros_like(occupied)
-        return occupied & (self.namespace == ns)
+        if self._namespace is None:  # every slot is in the default namespace (id 0)
+            return occupied.clone()
+        return occupied & (self._namespace == ns)
 
     # ------------------------------------------------------------------ changes
 
@@ -89,31 +133,33 @@ class SlotMeta:
         pinned: bool,
     ) -> None:
         """What an assign of these slots (n,) stores besides the codes."""
-        if self.plain and namespace == DEFAULT_NAMESPACE and records is None and not pinned:
-            return  # the slots hold the defaults already
-        self.plain = False
-        self.namespace[idx] = self.intern(namespace)
-        self.pinned[idx] = pinned
-        slots = idx.tolist()
+        if namespace != DEFAULT_NAMESPACE or self._namespace is not None:
+            self.namespace[idx] = self.intern(namespace)
+        if pinned or self._pinned is not None:
+            self.pinned[idx] = pinned
         if records is None:
-            for s in slots:
-                self.records[s] = None
+            if self.records is not None:
+                for s in idx.tolist():
+                    self.records[s] = None
         else:
-            for s, r in zip(slots, records, strict=True):
+            if self.records is None:
+                self.records = [None] * self.capacity
+            for s, r in zip(idx.tolist(), records, strict=True):
                 # a copy of exactly its length: bytes from orjson.dumps keep the 4 kB buffer
                 # they were written into (measured: 4,098 B of RAM for a 171-byte record)
                 self.records[s] = None if r is None else bytes(memoryview(r))
 
     def pin(self, idx: Tensor, pinned: bool) -> None:
-        if pinned:
-            self.plain = False
-        self.pinned[idx] = pinned
+        if pinned or self._pinned is not None:
+            self.pinned[idx] = pinned
 
     def free(self, idx: Tensor) -> None:
-        if self.plain:
+        if self._namespace is not None:
+            self._namespace[idx] = 0
+        if self._pinned is not None:
+            self._pinned[idx] = False
+        if self.records is None:
             return
-        self.namespace[idx] = 0
-        self.pinned[idx] = False
         if idx.numel() == self.capacity:
             self.records = [None] * self.capacity
         else:
@@ -125,6 +171,15 @@ class SlotMeta:
     def stats(self, occupied: Tensor, counts: Tensor) -> dict[str, dict[str, int]]:
         """Per namespace with at least one occupied slot: used, pinned, count_sum."""
         out: dict[str, dict[str, int]] = {}
+        if self._namespace is None and self._pinned is None:  # all default, none pinned
+            n = int(occupied.sum())
+            if n:
+                out[DEFAULT_NAMESPACE] = {
+                    "used": n,
+                    "pinned": 0,
+                    "count_sum": int(counts[occupied].sum()),
+                }
+            return out
         ids = self.namespace[occupied]
         if not ids.numel():
             return out
@@ -141,20 +196,28 @@ class SlotMeta:
         return out
 
     def nbytes(self) -> int:
-        """RAM of the metadata: the two per-slot tensors, the record list and its bytes."""
-        tensors = self.namespace.numel() * 4 + self.pinned.numel()
-        records = 8 * self.capacity + sum(33 + len(r) for r in self.records if r is not None)
-        return tensors + records
+        """RAM of the metadata: the per-slot tensors, the record list and its bytes (those
+        allocated)."""
+        tensors = sum(
+            t.numel() * t.element_size() for t in (self._namespace, self._pinned) if t is not None
+        )
+        if self.records is None:
+            return tensors
+        return tensors + 8 * self.capacity + sum(33 + len(r) for r in self.records if r is not None)
 
     # ------------------------------------------------------------------ state
 
     def state_tensors(self) -> dict[str, Tensor]:
-        """The metadata as tensors (module docstring); the record bytes are copied."""
-        sizes = [-1 if r is None else len(r) for r in self.records]
+        """The metadata as tensors (module docstring); the record bytes are copied. A plain
+        bank has none (its snapshots load as plain)."""
+        if self.plain:
+            return {}
+        records = self.records if self.records is not None else [None] * self.capacity
+        sizes = [-1 if r is None else len(r) for r in records]
         offsets = [0]
         for size in sizes:
             offsets.append(offsets[-1] + max(size, 0))
-        blob = b"".join(r for r in self.records if r is not None)
+        blob = b"".join(r for r in records if r is not None)
         names = json.dumps(self.names).encode()
         return {
             "namespace": self.namespace,
@@ -168,22 +231,21 @@ class SlotMeta:
     def adopt(self, state: Mapping[str, Tensor], *, copy: bool) -> None:
         """Take the metadata of a state checked by `meta_problem`."""
         take = (lambda t: t.detach().clone()) if copy else (lambda t: t)
-        self.namespace = take(state["namespace"]).to(self.device)
-        self.pinned = take(state["pinned"]).to(self.device)
+        namespace, pinned = state["namespace"], state["pinned"]
+        # a part that holds only defaults is not kept (allocated again when first used)
+        self._namespace = take(namespace).to(self.device) if bool(namespace.any()) else None
+        self._pinned = take(pinned).to(self.device) if bool(pinned.any()) else None
         data = state["record_data"].cpu().numpy().tobytes()
         offsets = state["record_offsets"].tolist()
         sizes = state["record_sizes"].tolist()
-        self.records = [
-            None if size < 0 else data[offsets[i] : offsets[i] + size]
-            for i, size in enumerate(sizes)
-        ]
+        self.records = None
+        if any(size >= 0 for size in sizes):
+            self.records = [
+                None if size < 0 else data[offsets[i] : offsets[i] + size]
+                for i, size in enumerate(sizes)
+            ]
         self.names = json.loads(state["namespace_names"].cpu().numpy().tobytes())
         self._ids = {name: i for i, name in enumerate(self.names)}
-        self.plain = not (
-            bool(self.namespace.any())
-            or bool(self.pinned.any())
-            or any(r is not None for r in self.records)
-        )
 
 
 def _bytes_tensor(data: bytes, device: torch.device) -> Tensor:

@@ -3,7 +3,8 @@ check named.
 
     tensors    codes, counts, occupied, last_write, last_access, counters (+ scales for int8):
                the bank's state as `MemoryBank.state_dict()` gives it (model/state.py)
-    metadata   format_version  "1"
+    metadata   format_version  "2" (int32 slot counters, ticks relative to counters'
+                               tick_base); "1" files (int64 counters, absolute ticks) load too
                capacity, m     ints, as text
                dtype           float32 | float16 | int8
                initial_count   the bank's (no tensor holds it)
@@ -34,11 +35,17 @@ from torch import Tensor
 from model.bank import MemoryBank, as_int
 from model.durable import read_safetensors_header, tensor_sha256, write_safetensors
 from model.errors import SnapshotError, SnapshotMismatch
-from model.state import DTYPES, layout_problem, state_problem
+from model.state import DTYPES, from_v1, layout_problem, state_problem
 
 __all__ = ["FORMAT_VERSION", "RESERVED_METADATA", "SnapshotFile", "load", "save"]
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+V1_SPECS = {  # what format 1 held where format 2 differs (model.state.from_v1 converts)
+    "counts": torch.int64,
+    "last_write": torch.int64,
+    "last_access": torch.int64,
+    "counters": torch.int64,
+}
 RESERVED_METADATA = (
     "format_version",
     "capacity",
@@ -155,6 +162,8 @@ def load(
     dtype = meta["dtype"]
     if dtype not in DTYPES:
         raise SnapshotError(f"snapshot {p} has dtype {dtype!r}, expected one of {sorted(DTYPES)}")
+    if meta["format_version"] == "1":
+        tensors = _from_v1(p, tensors)
     problem = state_problem(tensors, ints["capacity"], ints["m"], dtype)
     if problem is not None:
         raise SnapshotError(f"snapshot {p} {problem}")
@@ -170,10 +179,10 @@ def _check_metadata(
     for key in RESERVED_METADATA:
         if key not in meta:
             raise SnapshotError(f"snapshot {p} metadata lacks {key!r}")
-    if meta["format_version"] != FORMAT_VERSION:
+    if meta["format_version"] not in ("1", FORMAT_VERSION):
         raise SnapshotError(
             f"snapshot {p} has format_version {meta['format_version']!r}, "
-            f"expected {FORMAT_VERSION!r}"
+            f"expected '1' or {FORMAT_VERSION!r}"
         )
     if tensor_sha256(tensors) != meta["sha256"]:
         raise SnapshotError(f"snapshot {p}: content checksum mismatch")
@@ -195,3 +204,16 @@ def _metadata_ints(p: Path, meta: Mapping[str, str]) -> dict[str, int]:
         if ints[key] < low:
             raise SnapshotError(f"snapshot {p} metadata {key}={ints[key]} is below {low}")
     return ints
+
+
+def _from_v1(p: Path, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    for key, dtype in V1_SPECS.items():
+        t = tensors.get(key)
+        if t is None or t.dtype != dtype or t.dim() != 1:
+            what = "missing" if t is None else f"{t.dtype} {tuple(t.shape)}"
+            raise SnapshotError(
+                f"snapshot {p} (format 1) tensor {key!r} is {what}, expected {dtype}"
+            )
+    if tensors["counters"].numel() != 6 or "occupied" not in tensors:
+        raise SnapshotError(f"snapshot {p} (format 1) lacks its 6 counters or occupancy")
+    return from_v1(tensors)

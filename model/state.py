@@ -19,20 +19,28 @@ from model.slots import META_KEYS, meta_problem
 
 __all__ = [
     "COUNTER_NAMES",
+    "COUNT_MAX",
     "DTYPES",
     "INT8_MAX",
     "STATE_KEYS",
+    "TICK_MAX",
     "BankDtype",
+    "from_v1",
     "layout_problem",
+    "rebase_ticks",
     "state_problem",
 ]
 
 DTYPES: dict[str, torch.dtype] = dict(
     zip(BANK_DTYPES, (torch.float32, torch.float16, torch.int8), strict=True)
 )
-COUNTER_NAMES = ("tick", "reads", "hits", "misses", "writes", "evictions")
+COUNTER_NAMES = ("tick", "reads", "hits", "misses", "writes", "evictions", "tick_base")
 STATE_KEYS = ("codes", "counts", "occupied", "last_write", "last_access", "counters")
 INT8_MAX = 127
+# Per-slot counters are int32 (format 2): a count saturates at COUNT_MAX; a slot's ticks are
+# stored relative to the bank's tick_base (absolute = tick_base + stored, 0 = never) and the
+# bank rebases them before the relative tick would pass TICK_MAX (`rebase_ticks`).
+COUNT_MAX = TICK_MAX = 2**31 - 1
 
 
 def layout_problem(state: Mapping[str, Tensor], capacity: int, m: int, dtype: str) -> str | None:
@@ -48,10 +56,10 @@ def layout_problem(state: Mapping[str, Tensor], capacity: int, m: int, dtype: st
         return f"has unexpected tensor(s) {extra}"
     specs: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {
         "codes": (DTYPES[dtype], (capacity, m)),
-        "counts": (torch.int64, (capacity,)),
+        "counts": (torch.int32, (capacity,)),
         "occupied": (torch.bool, (capacity,)),
-        "last_write": (torch.int64, (capacity,)),
-        "last_access": (torch.int64, (capacity,)),
+        "last_write": (torch.int32, (capacity,)),
+        "last_access": (torch.int32, (capacity,)),
         "counters": (torch.int64, (len(COUNTER_NAMES),)),
         "scales": (torch.float32, (m,)),
     }
@@ -83,9 +91,11 @@ def state_problem(state: Mapping[str, Tensor], capacity: int, m: int, dtype: str
 
 
 def _counter_problem(counters: list[int]) -> str | None:
-    _, reads, hits, misses, writes, evictions = counters
+    tick, reads, hits, misses, writes, evictions, tick_base = counters
     if min(counters) < 0:
         return f"inconsistent state: negative counter in {counters}"
+    if tick_base > tick:
+        return f"inconsistent state: tick_base {tick_base} > tick {tick}"
     if hits + misses != reads:
         return f"inconsistent state: hits {hits} + misses {misses} != reads {reads}"
     if evictions > writes:
@@ -94,7 +104,8 @@ def _counter_problem(counters: list[int]) -> str | None:
 
 
 def _slot_problem(cpu: Mapping[str, Tensor]) -> str | None:
-    occ, codes, tick = cpu["occupied"], cpu["codes"], int(cpu["counters"][0])
+    occ, codes = cpu["occupied"], cpu["codes"]
+    tick = int(cpu["counters"][0]) - int(cpu["counters"][6])  # relative, as slot ticks are
     if "scales" in cpu:
         s = cpu["scales"]
         if not all_finite(s) or not bool((s > 0).all()):
@@ -117,3 +128,44 @@ def _slot_problem(cpu: Mapping[str, Tensor]) -> str | None:
     if bool((cpu["last_write"] > tick).any()) or bool((cpu["last_access"] > tick).any()):
         return f"inconsistent state: slot tick beyond the bank's tick {tick}"
     return None
+
+
+def rebase_ticks(
+    last_write: Tensor,
+    last_access: Tensor,
+    occupied: Tensor,
+    tick: int,
+    base: int,
+    ahead: int,
+    limit: int = TICK_MAX,
+) -> tuple[Tensor, Tensor, int]:
+    """Slot ticks (any int dtype, relative to `base`) re-expressed relative to a new base such
+    that the relative tick `tick + ahead - new_base` fits `limit`: int32 (lw, la, new_base).
+
+    The new base is the oldest occupied slot's last write minus one, so every tick keeps its
+    absolute value and the order of last touches, which LFU ties use, is kept. Only when that
+    leaves no room (a slot written more than `limit` ticks ago: TICK_MAX, smaller in tests)
+    does the base move past it: ticks older than the new base become 1 (absolute: base + 1),
+    so such ancient slots tie among the oldest."""
+    occupied_writes = last_write.to(torch.int64)[occupied]
+    oldest = int(occupied_writes.min()) + base if occupied_writes.numel() else tick
+    new_base = max(oldest - 1, tick + ahead - limit, base)
+    shift = new_base - base
+
+    def moved(t: Tensor, keep: Tensor) -> Tensor:
+        return torch.where(keep, (t.to(torch.int64) - shift).clamp(min=1), 0).to(torch.int32)
+
+    return moved(last_write, occupied), moved(last_access, last_access > 0), new_base
+
+
+def from_v1(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A format-1 state (int64 counts and absolute int64 ticks, 6 counters) as format 2."""
+    out = dict(state)
+    out["counts"] = state["counts"].clamp(max=COUNT_MAX).to(torch.int32)
+    tick = int(state["counters"][0])
+    lw, la, base = state["last_write"], state["last_access"], 0
+    if tick > TICK_MAX:  # a bank that old: rebased as a running bank would have been
+        lw, la, base = rebase_ticks(lw, la, state["occupied"], tick, 0, 0)
+    out["last_write"], out["last_access"] = lw.to(torch.int32), la.to(torch.int32)
+    out["counters"] = torch.cat([state["counters"], torch.tensor([base], dtype=torch.int64)])
+    return out

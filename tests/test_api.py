@@ -70,10 +70,10 @@ def test_stats_fields(client: TestClient, weights_file: Path) -> None:
     assert s["model"] == "tiny-m16"
     assert s["fingerprint"] == model.fingerprint
     assert s["bank_dtype"] == "float32"
-    # codes (64 x 16 float32) + counts, last_write, last_access (int64) + occupied + counters
-    assert s["bank_bytes"] == 64 * M * 4 + 64 * (3 * 8 + 1) + 6 * 8
-    assert s["cache_bytes"] == 64 * (M + 1) * 4  # unit-length float32 codes + the mask
-    assert s["meta_bytes"] == 64 * (4 + 1 + 8)  # namespace id, pin, record list entry
+    # codes (64 x 16 float32) + counts, last_write, last_access (int32) + occupied + counters
+    assert s["bank_bytes"] == 64 * M * 4 + 64 * (3 * 4 + 1) + 7 * 8
+    assert s["cache_bytes"] == 64 * 4  # one float32 inverse norm per slot
+    assert s["meta_bytes"] == 0  # no namespace, pin or record used yet: none allocated
     assert {k: s[k] for k in ("reads", "hits", "misses", "writes", "evictions")} == dict.fromkeys(
         ("reads", "hits", "misses", "writes", "evictions"), 0
     )
@@ -260,7 +260,7 @@ def test_metrics(client: TestClient, items: Items) -> None:
         "mt_ready 1.0",
         "mt_bank_used 1.0",
         "mt_bank_capacity 64.0",
-        f"mt_bank_cache_bytes {64 * (M + 1) * 4:.1f}",
+        f"mt_bank_cache_bytes {64 * 4:.1f}",
         "mt_bank_writes_total 1.0",
         "mt_bank_hits_total 1.0",
         "mt_bank_misses_total 0.0",

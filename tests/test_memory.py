@@ -335,10 +335,10 @@ def test_stats_after_a_sequence() -> None:
         "count_max": 2,
         "count_sum": 3,
         "dtype": "float32",
-        "bytes": 4 * 2 * 4 + 4 * 8 * 3 + 4 + 6 * 8,
-        "cache_bytes": 4 * 2 * 4 + 4 * 4,
-        # namespace int32 + pinned bool per slot, and the record list's 8-byte entries
-        "meta_bytes": 4 * 4 + 4 + 4 * 8,
+        # codes + counts, last_write, last_access (int32) + occupied + 7 int64 counters
+        "bytes": 4 * 2 * 4 + 4 * 4 * 3 + 4 + 7 * 8,
+        "cache_bytes": 4 * 4,  # one float32 inverse norm per slot
+        "meta_bytes": 0,  # a plain bank allocates no namespace, pin or record
         "namespaces": {"default": {"used": 3, "pinned": 0, "count_sum": 3}},
         "initial_count": 0,
         "tick": 5,
@@ -381,7 +381,7 @@ def test_dtype_round_trip_through_write_read_get_and_snapshot(dtype: str, tmp_pa
     meta = file.metadata
     assert_same_bank(bank, loaded)
     assert torch.equal(loaded.get(5).code, bank.get(5).code)
-    assert (meta["dtype"], meta["lsn"], meta["format_version"]) == (dtype, "42", "1")
+    assert (meta["dtype"], meta["lsn"], meta["format_version"]) == (dtype, "42", "2")
     assert (meta["capacity"], meta["m"], meta["initial_count"]) == ("10", "4", "2")
     assert meta["created_at"].endswith("+00:00")
     q = torch.randn(5, 4, generator=g)
@@ -519,14 +519,14 @@ def _refusal_cases() -> list[tuple[str, str]]:
         ("garbage", "is truncated or not a safetensors file"),
         ("empty", "is truncated or not a safetensors file"),
         ("bitflip", "content checksum mismatch"),
-        ("format", "has format_version '2', expected '1'"),
+        ("format", "has format_version '3', expected '1' or '2'"),
         ("no_sha", "metadata lacks 'sha256'"),
         ("fingerprint", "was made by model model-a, expected model-b"),
         ("m", "has m=2, expected m=3"),
         ("capacity", "has capacity=4, expected capacity=8"),
         ("meta_int", "metadata capacity='four' is not an int"),
         ("meta_dtype", "has dtype 'bf16', expected one of"),
-        ("tensor_dtype", "tensor 'counts' has dtype torch.int32, expected torch.int64"),
+        ("tensor_dtype", "tensor 'counts' has dtype torch.int64, expected torch.int32"),
         ("tensor_shape", r"tensor 'codes' has shape \(3, 2\), expected \(4, 2\)"),
         ("missing_key", r"lacks tensor\(s\) \['last_access'\]"),
         ("extra_key", r"has unexpected tensor\(s\) \['zzz'\]"),
@@ -553,7 +553,7 @@ def test_snapshot_refusals_say_which_check_failed(tmp_path: Path, case: str, mes
     elif case == "bitflip":
         path.write_bytes(data[:-20] + bytes([data[-20] ^ 1]) + data[-19:])
     elif case == "format":
-        _rewrite(path, tensors, {**meta, "format_version": "2"})
+        _rewrite(path, tensors, {**meta, "format_version": "3"})
     elif case == "no_sha":
         safetensors.torch.save_file(
             tensors, str(path), metadata={k: v for k, v in meta.items() if k != "sha256"}
@@ -569,7 +569,7 @@ def test_snapshot_refusals_say_which_check_failed(tmp_path: Path, case: str, mes
     elif case == "meta_dtype":
         _rewrite(path, tensors, {**meta, "dtype": "bf16"})
     elif case == "tensor_dtype":
-        _rewrite(path, {**tensors, "counts": tensors["counts"].int()}, meta)
+        _rewrite(path, {**tensors, "counts": tensors["counts"].long()}, meta)
     elif case == "tensor_shape":
         _rewrite(path, {**tensors, "codes": tensors["codes"][:3].clone()}, meta)
     elif case == "missing_key":
@@ -585,7 +585,7 @@ def test_snapshot_refusals_say_which_check_failed(tmp_path: Path, case: str, mes
         codes[3, 0] = 1
         _rewrite(path, {**tensors, "codes": codes}, meta)
     elif case == "counters":
-        _rewrite(path, {**tensors, "counters": torch.tensor([2, 1, 2, 0, 2, 0])}, meta)
+        _rewrite(path, {**tensors, "counters": torch.tensor([2, 1, 2, 0, 2, 0, 0])}, meta)
     elif case == "future_tick":
         last_write = tensors["last_write"].clone()
         last_write[0] = 99

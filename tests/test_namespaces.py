@@ -153,7 +153,7 @@ def test_snapshot_keeps_namespaces_pins_and_records(tmp_path: Path) -> None:
         "inconsistent state: record_offsets do not match record_sizes"
     )
     meta = SlotMeta(6, torch.device("cpu"))
-    meta.records[1] = b""
+    meta.set(torch.tensor([1]), "default", [b""], False)  # as if slot 1 held a record
     bad = {**bank.state_dict(), **meta.state_tensors()}
     assert state_problem(bad, 6, M, "float32") == "inconsistent state: a free slot with a record"
 

@@ -118,7 +118,7 @@ async def codec(_: ReadAccess, engine: EngineDep) -> CodecResponse:
 
 
 def _summaries(bank: MemoryBank, slots: torch.Tensor) -> list[SlotSummary]:
-    columns = (bank.counts[slots], bank.last_write[slots], bank.last_access[slots])
+    columns = (bank.counts[slots], *bank.ticks(slots))
     return [
         SlotSummary(slot=s, count=c, last_write=w, last_access=a)
         for s, c, w, a in zip(slots.tolist(), *(t.tolist() for t in columns), strict=True)
