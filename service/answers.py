@@ -213,12 +213,13 @@ class StatsResponse(BaseModel):
     bank_dtype: str
     bank_bytes: int = Field(description="Bytes of the bank's state tensors (a snapshot's content).")
     cache_bytes: int = Field(
-        description="Bytes of the bank's float32 read cache (unit-length codes and the free-slot "
-        "mask, (m + 1) * 4 per slot whatever the dtype), on top of bank_bytes."
+        description="Bytes of the bank's read cache on top of bank_bytes: one float32 inverse "
+        "norm per slot (4 bytes whatever the dtype), plus the block buffer of blocked reads."
     )
     meta_bytes: int = Field(
         description="Bytes of the slots' namespaces, pins and records (texts and payloads as "
-        "JSON), in process: 5 per slot + an 8-byte list entry, + 33 + the JSON per record."
+        "JSON), in process, each part allocated when first used: 4 per slot once a namespace "
+        "is used, 1 once a slot is pinned, 8 once a record is stored, + 33 + the JSON per record."
     )
     reads: int
     hits: int
