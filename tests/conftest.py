@@ -18,6 +18,9 @@ from model.checkpoint import save_idrp
 from model.testing import tiny_idrp
 from service.app import create_app
 from service.settings import Settings
+from tests.ray_servers import ray_server, single_server
+
+__all__ = ["ray_server", "single_server"]  # session fixtures of the Ray app's tests, shared
 
 D, M = 64, 16
 

@@ -21,8 +21,9 @@ import pytest
 
 from service.process import ServerProcess, free_port
 from service.settings import Settings
-from tests.test_auth import READ_KEY, WRITE_KEY
-from tests.test_e2e import server_env
+
+WRITE_KEY = "write-key-0123456789"  # as tests/test_auth.py (imported by conftest: no cycle)
+READ_KEY = "read-key-9876543210"
 
 SHARDS = 2
 C = 1024  # slots per shard; the single server gets SHARDS * C
@@ -102,6 +103,8 @@ def ray_server(weights_file: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="session")
 def single_server(weights_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    from tests.test_e2e import server_env
+
     root = tmp_path_factory.mktemp("single-app")
     port = free_port()
     env = server_env(

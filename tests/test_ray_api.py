@@ -19,12 +19,10 @@ import pytest
 import torch
 
 from tests.conftest import D, M
-from tests.ray_servers import SHARDS, C, Server, namespace_on, ray_server, single_server
+from tests.ray_servers import SHARDS, C, Server, namespace_on
 from tests.test_api import BAD_REQUESTS, ROW
 from tests.test_auth import READ_KEY, UNAUTHORIZED
 from tests.test_e2e import REPO
-
-__all__ = ["ray_server", "single_server"]  # the session fixtures, used by name below
 
 pytestmark = pytest.mark.timeout(300)
 

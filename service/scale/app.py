@@ -74,8 +74,16 @@ class Ingress:
         self.codec, self.shard_handles = codec, list(shards)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
+        app_name = serve.get_replica_context().app_name
+        n = len(self.shard_handles)
+
+        def healthy() -> dict[int, bool]:
+            deployments = serve.status().applications[app_name].deployments
+            return {i: deployments[f"Shard{i}"].status == "HEALTHY" for i in range(n)}
+
         def engine(settings: Settings) -> ShardedEngine:
-            return ShardedEngine(settings, self.codec, self.shard_handles, self.options)
+            handles = self.shard_handles
+            return ShardedEngine(settings, self.codec, handles, self.options, healthy)
 
         factory = cast(Callable[[Settings], Engine], engine)  # Engine's surface, duck-typed
         app = create_app(self.settings, engine_factory=factory)

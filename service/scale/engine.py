@@ -75,6 +75,7 @@ class ShardOptions:
 
     shards: int
     timeout_s: float = 5.0  # a shard that does not answer in this time is marked down
+    watch_every_s: float = 0.25  # how often Serve's view of the shards' health is read
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,10 @@ class ShardedEngine:
         codec: DeploymentHandle,
         shards: list[DeploymentHandle],
         options: ShardOptions,
+        healthy: Callable[[], dict[int, bool]] | None = None,
     ) -> None:
         self.settings = settings
+        self.healthy = healthy  # Serve's view: shard -> its deployment is HEALTHY
         self.state: State = "created"
         self.error: str | None = None
         self.model: IDRP | None = None
@@ -196,6 +199,8 @@ class ShardedEngine:
             self._routed(i, r)
         self.started_at = time.time()
         self.state = "ready"
+        if self.healthy is not None:
+            self._spawn(self._watch())
         log.info("sharded engine ready: %d shards of %d slots", len(self.shards), self.capacity)
 
     async def stop(self) -> None:
@@ -252,18 +257,43 @@ class ShardedEngine:
                 missing.append(shard)
             return None
 
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _mark_down(self, shard: int) -> None:
         if shard not in self.down:
+            log.warning("shard %d is down", shard)
             self.down.add(shard)
-            task = asyncio.create_task(self._probe(shard))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._probe(shard))
+
+    async def _health(self) -> dict[int, bool]:
+        assert self.healthy is not None
+        return await asyncio.to_thread(self.healthy)
+
+    async def _watch(self) -> None:
+        """Mark a shard down as soon as Serve sees its replica die (a request queued for a
+        replica that is restarting would otherwise wait, not fail)."""
+        while True:
+            await asyncio.sleep(self.options.watch_every_s)
+            try:
+                health = await self._health()
+            except Exception as e:  # the controller is busy or restarting: look again
+                log.debug("shard health unknown: %s", e)
+                continue
+            for shard, ok in health.items():
+                if not ok:
+                    self._mark_down(shard)
 
     async def _probe(self, shard: int) -> None:
-        """Ask the shard for its routing figures until it answers (its new replica has
-        recovered its bank), then serve it again."""
+        """Wait until Serve sees the shard healthy again and it answers (its new replica has
+        recovered its bank from snapshot + WAL), then serve it again."""
         while True:
             try:
+                if self.healthy is not None and not (await self._health()).get(shard, True):
+                    await asyncio.sleep(PROBE_EVERY_S)
+                    continue
                 r = await asyncio.wait_for(
                     _awaited(self.shards[shard].route.remote()), self.options.timeout_s
                 )
