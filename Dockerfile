@@ -27,7 +27,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 # Dependencies first, in their own layer: code edits do not reinstall torch.
 # `wheelhous[e]` matches nothing when there is no wheelhouse, which COPY accepts here because
 # requirements.txt always matches.
-COPY requirements.txt wheelhous[e] /tmp/deps/
+# REQUIREMENTS: which file to install; requirements-scale.txt adds ray[serve] for
+# `python -m service.ray` (docker-compose.ray.yml). The default image has no Ray.
+ARG REQUIREMENTS=requirements.txt
+COPY requirements.txt requirements-scale.txt wheelhous[e] /tmp/deps/
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # PIP_INSTALL_ARGS is split into words on purpose (it holds several options).
@@ -37,7 +40,7 @@ RUN python3 -m venv /opt/venv \
          /opt/venv/bin/pip install --no-cache-dir ${PIP_INSTALL_ARGS} \
              --index-url "${TORCH_INDEX_URL}" "${torch_req}"; \
        fi \
-    && /opt/venv/bin/pip install --no-cache-dir ${PIP_INSTALL_ARGS} -r /tmp/deps/requirements.txt \
+    && /opt/venv/bin/pip install --no-cache-dir ${PIP_INSTALL_ARGS} -r "/tmp/deps/${REQUIREMENTS}" \
     && /opt/venv/bin/python -c "import torch, fastapi, uvicorn, safetensors; print('torch', torch.__version__)"
 
 # ---- runtime stage --------------------------------------------------------------------------------

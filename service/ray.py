@@ -27,6 +27,9 @@ from service.scale.app import APP_NAME, build
 from service.settings import REPO_ROOT, Settings, get_settings
 
 log = logging.getLogger("service.ray")
+# Serve logs a line per request and per actor call in every replica and the proxy (files, and
+# streamed to the driver): a third of a read's CPU here. Warnings and errors still show.
+QUIET = {"enable_access_log": False, "log_level": "WARNING"}
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,7 +62,7 @@ def start(settings: Settings, args: argparse.Namespace) -> None:
         init["num_cpus"] = args.num_cpus
         init["_temp_dir"] = str(Path(args.temp_dir).resolve())
     ray.init(**init)  # type: ignore[arg-type]
-    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.start(http_options={"host": settings.host, "port": settings.port}, logging_config=QUIET)
     gpu = 0.0
     if settings.resolved_device().startswith("cuda"):
         gpu = 1.0 / (args.shards + args.codec_replicas)  # everything shares the GPUs
@@ -70,7 +73,7 @@ def start(settings: Settings, args: argparse.Namespace) -> None:
         shard_timeout_s=args.shard_timeout,
         gpu=gpu,
     )
-    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False, logging_config=QUIET)
 
 
 def main(argv: list[str] | None = None) -> None:

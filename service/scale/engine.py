@@ -75,7 +75,7 @@ class ShardOptions:
 
     shards: int
     timeout_s: float = 5.0  # a shard that does not answer in this time is marked down
-    watch_every_s: float = 0.25  # how often Serve's view of the shards' health is read
+    watch_every_s: float = 1.0  # how often Serve's view of the shards' health is read
 
 
 @dataclass(frozen=True)
