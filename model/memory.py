@@ -54,6 +54,7 @@ from model.requests import (
     as_rows,
     assign_op,
     checked_namespace,
+    finite_parts,
     first_bad,
     read_key,
 )
@@ -286,20 +287,20 @@ class IDRPMemory:
         for i, r in enumerate(reads):
             try:
                 self._check_read(r)
-                xs.append((i, as_rows(r.queries, "query", self.d)))
+                xs.append((i, as_rows(r.queries, "query", self.d, finite=False)))
             except InvalidInput as e:
                 answers[i] = e
+        xs, refused = finite_parts(xs)  # one NaN / infinity check for the whole batch
+        for i, row in refused:
+            answers[i] = InvalidInput(f"query {row} contains NaN or infinity")
         items = dict(xs)
-        spans: list[tuple[int, Tensor, Tensor]] = []
-        for i, z in self._encode_each(xs):
-            bad = first_bad(z)
-            if bad is not None:
-                answers[i] = InvalidInput(
-                    f"query {bad} cannot be read: its code is not finite (values far outside "
-                    "the range the codec was trained on)"
-                )
-            else:
-                spans.append((i, items[i], z))
+        codes, refused = finite_parts(self._encode_each(xs))
+        for i, row in refused:
+            answers[i] = InvalidInput(
+                f"query {row} cannot be read: its code is not finite (values far outside "
+                "the range the codec was trained on)"
+            )
+        spans = [(i, items[i], z) for i, z in codes]
         if spans:
             for i, result in self._read_spans(reads, spans):
                 answers[i] = result

@@ -35,6 +35,7 @@ __all__ = [
     "Rows",
     "Write",
     "as_rows",
+    "finite_parts",
 ]
 
 Rows = Sequence[Sequence[float]] | Tensor
@@ -140,9 +141,10 @@ class IDRPReadResult:
         ]
 
 
-def as_rows(rows: Rows, noun: str, d: int) -> Tensor:
+def as_rows(rows: Rows, noun: str, d: int, *, finite: bool = True) -> Tensor:
     """Rows (B >= 1, d) of finite numbers -> float32 (B, d) on the CPU; InvalidInput naming
-    the row and the problem otherwise."""
+    the row and the problem otherwise. finite=False leaves the NaN / infinity check to the
+    caller (`finite_parts`, one check for a whole batch)."""
     if isinstance(rows, Tensor):
         if rows.dim() != 2 or rows.shape[1] != d or rows.shape[0] < 1:
             raise InvalidInput(f"expected {noun} of shape (B >= 1, {d}), got {tuple(rows.shape)}")
@@ -159,10 +161,28 @@ def as_rows(rows: Rows, noun: str, d: int) -> Tensor:
             raise InvalidInput(f"{noun}s must be lists of numbers") from None
         if x.dim() != 2:
             raise InvalidInput(f"{noun}s must be lists of numbers")
-    bad = first_bad(x)
+    bad = first_bad(x) if finite else None
     if bad is not None:
         raise InvalidInput(f"{noun} {bad} contains NaN or infinity")
     return x
+
+
+def finite_parts(
+    parts: list[tuple[int, Tensor]],
+) -> tuple[list[tuple[int, Tensor]], list[tuple[int, int]]]:
+    """The (request, rows) parts whose rows are all finite, and (request, first bad row) for
+    the others: one reduction over the whole batch in the usual case, where all are."""
+    if not parts or all_finite(torch.cat([x for _, x in parts]) if len(parts) > 1 else parts[0][1]):
+        return parts, []
+    good: list[tuple[int, Tensor]] = []
+    bad: list[tuple[int, int]] = []
+    for i, x in parts:
+        row = first_bad(x)
+        if row is None:
+            good.append((i, x))
+        else:
+            bad.append((i, row))
+    return good, bad
 
 
 def assign_op(slots: list[int], z: Tensor, w: Write) -> Assign:
