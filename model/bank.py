@@ -3,8 +3,9 @@
 A read returns the slots whose codes are most similar (cosine) to the query's code and counts an
 access on each; a write stores codes in the first free slots, or, when none is free, in the
 least frequently used ones (model/lfu.py), whose counters restart. Codes are stored as float32,
-float16 or int8 (per-dimension scales). The snapshot file format is model/snapshot.py; the
-codec + bank loop (encode, plan, log, apply, decode) is model/memory.py.
+float16, int8 (per-dimension scales) or rate-allocated packed bits (model/quant.py). The
+snapshot file format is model/snapshot.py; the codec + bank loop (encode, plan, log, apply,
+decode) is model/memory.py.
 
 Differences from the paper, each on purpose:
 - A slot is free when `occupied` is False, never when its count is 0. The paper's free test
@@ -35,7 +36,8 @@ from model import lfu
 from model.enums import DEFAULT_NAMESPACE, check_namespace
 from model.errors import SlotNotFound
 from model.ops import Assign, Clear, Forget, Free, Op, Pin, combine
-from model.quant import Quantiser
+from model.quant import Quantiser, RateTables
+from model.ratecode import RateCode
 from model.search import all_finite, inverse_norms, rank_in_order, search
 from model.slots import META_KEYS, SlotMeta
 from model.state import COUNT_MAX, COUNTER_NAMES, DTYPES, TICK_MAX, rebase_ticks, state_problem
@@ -120,6 +122,9 @@ class MemoryBank:
       codes (capacity, m) in the storage dtype. float32 and float16 hold the code; int8 holds
         round(z / scales) clamped to [-127, 127] (round half to even), whose value is
         codes * scales. Free slots hold zeros.
+      "rate" codes are (capacity, code_bytes) uint8: each code's level indices packed, which
+        read back through the code book rate_bits (m,) uint8 and rate_levels (m, 256) float32
+        (model/quant.py, model/ratecode.py); a free slot holds zero bytes.
       scales (m,) float32, int8 only: per-dimension scale, all > 0 (the codec's `code_scales`).
       counts int32: accesses since the slot was last written, starting at `initial_count`,
         saturating at 2^31 - 1.
@@ -154,11 +159,12 @@ class MemoryBank:
         device: str | torch.device = "cpu",
         dtype: str = "float32",
         scales: Tensor | Sequence[float] | None = None,
+        rate: RateCode | RateTables | None = None,
         initial_count: int = 0,
         decay_ticks: int = 0,
         namespace_quota: int = 0,
     ) -> None:
-        self._configure(capacity, m, device, dtype, scales, initial_count, decay_ticks)
+        self._configure(capacity, m, device, dtype, scales, initial_count, decay_ticks, rate)
         self.namespace_quota = as_int(namespace_quota, "namespace_quota", 0)
         self._allocate()
 
@@ -180,7 +186,9 @@ class MemoryBank:
         dtype = names[codes.dtype]
         # A placeholder scale passes the int8 check; the real one comes with the state.
         scales = torch.ones(codes.shape[1]) if dtype == "int8" else None
-        bank._configure(codes.shape[0], codes.shape[1], device, dtype, scales, initial_count, 0)
+        rate = (state["rate_bits"], state["rate_levels"]) if dtype == "rate" else None
+        m = state["rate_bits"].shape[0] if rate is not None else codes.shape[1]
+        bank._configure(codes.shape[0], m, device, dtype, scales, initial_count, 0, rate)
         bank.namespace_quota = 0
         bank._adopt(state, copy=False)
         return bank
@@ -194,19 +202,20 @@ class MemoryBank:
         scales: Tensor | Sequence[float] | None,
         initial_count: int,
         decay_ticks: int,
+        rate: RateCode | RateTables | None = None,
     ) -> None:
         self.capacity = as_int(capacity, "capacity", 1)
         self.m = as_int(m, "m", 1)
         self.initial_count = as_int(initial_count, "initial_count", 0)
         self.decay_ticks = as_int(decay_ticks, "decay_ticks", 0)
         self.device = torch.device(device)
-        self.quant = Quantiser(dtype, self.m, scales, self.device)
+        self.quant = Quantiser(dtype, self.m, scales, self.device, rate)
         self.dtype = dtype
 
     def _allocate(self) -> None:
         """An empty bank: all slots free, all counters 0."""
         n, dev = self.capacity, self.device
-        self.codes = torch.zeros(n, self.m, dtype=self.quant.storage, device=dev)
+        self.codes = torch.zeros(n, self.quant.width, dtype=self.quant.storage, device=dev)
         self.counts = torch.zeros(n, dtype=torch.int32, device=dev)
         self.occupied = torch.zeros(n, dtype=torch.bool, device=dev)
         self.last_write = torch.zeros(n, dtype=torch.int32, device=dev)
@@ -247,6 +256,11 @@ class MemoryBank:
     def scales(self) -> Tensor | None:
         """int8: the per-dimension scales (m,); None for float dtypes."""
         return self.quant.scales
+
+    @property
+    def code_bytes(self) -> int:
+        """Bytes of one stored code (m x the dtype's size; "rate": the packed budget)."""
+        return self.quant.code_bytes
 
     # ------------------------------------------------------------------ properties
 
@@ -323,7 +337,8 @@ class MemoryBank:
             kk,
             min_score,
             self._blocks,
-            zero_free=namespace is None,  # free slots hold zero codes (`_free`)
+            zero_free=namespace is None,  # free slots score 0: inverse norm 0 (`_free`)
+            decode=self.quant.dequantise if self.quant.packed else None,
         )
         slots = torch.full((b, k), -1, dtype=torch.int64, device=dev)
         out_scores = torch.zeros((b, k), dtype=torch.float32, device=dev)
@@ -470,12 +485,13 @@ class MemoryBank:
         self.meta.set(idx, namespace, records, pinned)
 
     def _inverse_norms(self, rows: int = 1 << 16) -> Tensor:
-        """The read cache of every slot, built in blocks (no full float32 copy of the codes)."""
+        """The read cache of every slot, built in blocks (no full float32 copy of the codes); 0
+        for free slots (whose zero bytes a rate code reads back as its lowest levels)."""
         out = torch.empty(self.capacity, dtype=torch.float32, device=self.device)
         for start in range(0, self.capacity, rows):
             block = self.codes[start : start + rows]
             out[start : start + rows] = inverse_norms(self.quant.dequantise(block))
-        return out
+        return out.masked_fill_(~self.occupied, 0.0)
 
     def _check_slots(self, idx: Tensor) -> None:
         bad = idx[(idx < 0) | (idx >= self.capacity)]
@@ -596,9 +612,10 @@ class MemoryBank:
 
     def stats(self) -> dict[str, Any]:
         """Counters and occupancy. count_* are over occupied slots (0 when the bank is empty);
-        bytes = the code and counter tensors, cache_bytes = the read cache on top of them (the
-        inverse norms and the block buffer), meta_bytes = namespaces, pins and records
-        (model/slots.py); namespaces = per namespace with a slot: used, pinned, count_sum."""
+        code_bytes = one stored code, bytes = the code and counter tensors, cache_bytes = the
+        read cache on top of them (the inverse norms and the block buffer), meta_bytes =
+        namespaces, pins and records (model/slots.py); namespaces = per namespace with a slot:
+        used, pinned, count_sum."""
         occ = self.counts[self.occupied]
         used = int(occ.numel())
         cache = [self._inv, *self._blocks]
@@ -616,6 +633,7 @@ class MemoryBank:
             "count_max": int(occ.max()) if used else 0,
             "count_sum": int(occ.sum()),
             "dtype": self.dtype,
+            "code_bytes": self.code_bytes,
             "bytes": sum(t.numel() * t.element_size() for t in self._core_tensors().values()),
             "cache_bytes": sum(t.numel() * t.element_size() for t in cache),
             "meta_bytes": self.meta.nbytes(),
@@ -643,6 +661,8 @@ class MemoryBank:
         }
         if self.quant.scales is not None:
             state["scales"] = self.quant.scales
+        if self.quant.rate_bits is not None and self.quant.rate_levels is not None:
+            state["rate_bits"], state["rate_levels"] = self.quant.rate_bits, self.quant.rate_levels
         return state
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -671,6 +691,9 @@ class MemoryBank:
         self.last_write, self.last_access = adopt["last_write"], adopt["last_access"]
         if self.dtype == "int8":
             self.quant = Quantiser("int8", self.m, adopt["scales"], dev)
+        if self.dtype == "rate":
+            rate = (adopt["rate_bits"], adopt["rate_levels"])
+            self.quant = Quantiser("rate", self.m, device=dev, rate=rate)
         for name, value in zip(COUNTER_NAMES, adopt["counters"].tolist(), strict=True):
             setattr(self, name, int(value))
         self._inv = self._inverse_norms()  # free slots hold zero codes: 0

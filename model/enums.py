@@ -23,8 +23,8 @@ __all__ = [
     "stored_slots",
 ]
 
-BankDtype = Literal["float32", "float16", "int8"]
-"""How the bank stores codes (model/quant.py)."""
+BankDtype = Literal["float32", "float16", "int8", "rate"]
+"""How the bank stores codes (model/quant.py); "rate": rate-allocated bits, packed."""
 
 WriteMode = Literal["mean", "each"]
 """"mean": one slot holds the mean code of a write's items (the paper); "each": one per item."""

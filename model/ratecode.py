@@ -108,6 +108,17 @@ class RateCode:
                 pos += b
         return out
 
+    def tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """The bank's form of this code (model/quant.py): bits (m,) uint8 and levels (m, 256)
+        float32, row j holding dimension j's 2^b_j levels (its mean for 0 bits), padded with
+        its last level, so that levels[j, i] is what index i of dimension j reads back as."""
+        table = np.empty((self.m, 2**MAX_BITS), dtype=np.float32)
+        for j, (b, lv) in enumerate(zip(self.bits, self.levels, strict=True)):
+            values = np.asarray(lv if b else (self.means[j],), dtype=np.float32)
+            table[j, : len(values)] = values
+            table[j, len(values) :] = values[-1]
+        return np.asarray(self.bits, dtype=np.uint8), table
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "bits": list(self.bits),

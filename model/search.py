@@ -5,7 +5,8 @@ it keeps only the inverse norm of the dequantised code (`inverse_norms`, 0 for f
 all-zero slots). A read of B queries is, per block of slots, one cast of the block to float32
 (none for float32 codes), one matrix product (B, m) x (m, rows) against the queries scaled to
 unit length and multiplied by the per-dimension scales (int8: code * scales = the dequantised
-code, so the scales fold into the query), a product with the block's inverse norms, the
+code, so the scales fold into the query; packed rate codes are dequantised a block at a time by
+the quantiser's `decode` instead of cast), a product with the block's inverse norms, the
 free-slot mask and a top-k: no Python loop over slots or queries. The block's scores stay in
 cache between the product and the top-k that consumes it, and no N x B score matrix exists.
 Returned scores are recomputed per (query, slot) pair from the dequantised codes, so they do
@@ -102,15 +103,17 @@ def _candidates(
     k: int,
     block: list[Tensor],
     zero_free: bool,
+    decode: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Slots (B, k) of the top k (<= N) scores of queries qs (B, m) (unit, times the scales)
-    over codes (N, m) in their storage dtype: score = qs . code * inv, -inf where not
+    over codes (N, width) in their storage dtype: score = qs . code * inv, -inf where not
     allowed. `block` holds a reusable float32 buffer (empty list: none yet). zero_free: the
-    slots not allowed are exactly the free ones, whose zero codes score 0 (see `_single`)."""
+    slots not allowed are exactly the free ones, which score 0 (inverse norm 0, see
+    `_single`). decode: rows of packed codes -> float32 (rows, m), called per block."""
     if qs.shape[0] == 1:
-        return _single(qs[0], codes, inv, allowed, k, block, zero_free)
-    b, n, m = qs.shape[0], codes.shape[0], codes.shape[1]
-    cast = codes.dtype != torch.float32
+        return _single(qs[0], codes, inv, allowed, k, block, zero_free, decode)
+    b, n, m = qs.shape[0], codes.shape[0], qs.shape[1]
+    cast = decode is None and codes.dtype != torch.float32
     rows = min(max(k, BLOCK_ELEMENTS // b), n)
     need = b * rows + (rows * m if cast else 0)
     buf = _buffer(block, need, rows == n, codes.device)
@@ -119,7 +122,9 @@ def _candidates(
         stop = min(start + rows, n)
         r = stop - start
         c = codes[start:stop]
-        if cast:
+        if decode is not None:
+            c = decode(c)  # (r, m) float32
+        elif cast:
             c = buf[b * rows : b * rows + r * m].view(r, m).copy_(c)
         out = buf[: b * r].view(b, r)
         torch.mm(qs, c.T, out=out)
@@ -150,17 +155,23 @@ def _single(
     k: int,
     block: list[Tensor],
     zero_free: bool,
+    decode: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """One query (m,): every score into one (N,) vector, one product with the inverse norms,
     one top-k; (1, k) slots. float32 codes take one matrix-vector product; float16 and int8
-    are cast CAST_ROWS rows at a time into a buffer that stays in L2.
+    are cast CAST_ROWS rows at a time into a buffer that stays in L2; packed codes are
+    decoded CAST_ROWS rows at a time.
 
     With zero_free the free-slot mask is applied only when needed: a free slot scores exactly
     0 and cannot outrank an occupied slot of positive score, so the mask pass is skipped
     unless a free slot made the top k (then the top k is taken again, masked)."""
-    n, m = codes.shape
+    n, m = codes.shape[0], q.shape[0]
     scores = torch.empty(n, dtype=torch.float32, device=codes.device)
-    if codes.dtype == torch.float32:
+    if decode is not None:
+        for start in range(0, n, CAST_ROWS):
+            stop = min(start + CAST_ROWS, n)
+            torch.mv(decode(codes[start:stop]), q, out=scores[start:stop])
+    elif codes.dtype == torch.float32:
         torch.mv(codes, q, out=scores)
     else:
         rows = min(CAST_ROWS, n)
@@ -190,15 +201,18 @@ def search(
     min_score: float | None,
     block: list[Tensor],
     zero_free: bool = False,
+    decode: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The best k (<= N) allowed slots for unit queries qn (B, m), best first, ties by lower
     slot: (slots, scores, valid), each (B, k). codes (N, m) are the stored codes, `dequantise`
     turns them into float32 codes (= stored * scales when scales is given); inv (N,) their
     inverse norms; allowed (N,) bool the occupied slots that may answer. valid is False where
     the slot is not allowed or its exact score is below min_score (those entries sort last).
-    zero_free: the slots not allowed are the free ones, and their codes are zero."""
+    zero_free: the slots not allowed are the free ones, and their inverse norms are zero.
+    decode: for packed codes (N, width), the block dequantiser (= `dequantise`) the scan uses
+    instead of a cast."""
     qs = qn if scales is None else qn * scales
-    cand = _candidates(qs, codes, inv, allowed, k, block, zero_free)  # (B, k)
+    cand = _candidates(qs, codes, inv, allowed, k, block, zero_free, decode)  # (B, k)
     # Exact per-pair scores, independent of batch size and blocking; a cosine of unit rows
     # can round past +-1 (1.0000001): clipped, so a score is always in [-1, 1].
     unit = unit_rows(dequantise(codes[cand.reshape(-1)])).view(*cand.shape, -1)  # (B, k, m)

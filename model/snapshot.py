@@ -1,12 +1,13 @@
 """The bank's file format: one safetensors file (no pickle), saved atomically, loaded with every
 check named.
 
-    tensors    codes, counts, occupied, last_write, last_access, counters (+ scales for int8):
+    tensors    codes, counts, occupied, last_write, last_access, counters (+ scales for int8,
+               + rate_bits and rate_levels for rate, whose codes are packed uint8 bytes):
                the bank's state as `MemoryBank.state_dict()` gives it (model/state.py)
     metadata   format_version  "2" (int32 slot counters, ticks relative to counters'
                                tick_base); "1" files (int64 counters, absolute ticks) load too
                capacity, m     ints, as text
-               dtype           float32 | float16 | int8
+               dtype           float32 | float16 | int8 | rate
                initial_count   the bank's (no tensor holds it)
                fingerprint     the codec's: a bank is never decoded by another model
                created_at      ISO 8601, UTC
@@ -83,7 +84,8 @@ def save(
     """Write a bank, or a copy of its state (`MemoryBank.state_dict()`), as one snapshot,
     atomically (temp file, fsync, rename, fsync the folder); returns the file's facts.
 
-    capacity, m and dtype come from the codes tensor; initial_count, which no tensor holds, is
+    capacity, m and dtype come from the codes tensor (a rate bank's m from its rate_bits);
+    initial_count, which no tensor holds, is
     the bank's (give it with a state dict; default 0). The layout (keys, dtypes, shapes) is
     checked here, ValueError naming the problem; the values are checked when the file is
     loaded. No bank is built, so saving a copy taken under a lock costs no second read cache.
@@ -107,6 +109,9 @@ def save(
         what = f"{codes.dtype} {tuple(codes.shape)}" if isinstance(codes, Tensor) else repr(codes)
         raise ValueError(f"expected codes (capacity, m) in {sorted(DTYPES)}, got {what}")
     (capacity, m), dtype = codes.shape, names[codes.dtype]
+    bits = state.get("rate_bits")
+    if dtype == "rate" and isinstance(bits, Tensor) and bits.dim() == 1:
+        m = bits.shape[0]  # the codes are packed bytes; the code book says how many values
     problem = layout_problem(state, capacity, m, dtype)
     if problem is not None:
         raise ValueError(f"state dict {problem}")

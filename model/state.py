@@ -8,6 +8,7 @@ bank's state, or None.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -22,18 +23,27 @@ __all__ = [
     "COUNT_MAX",
     "DTYPES",
     "INT8_MAX",
+    "RATE_KEYS",
+    "RATE_LEVELS",
     "STATE_KEYS",
     "TICK_MAX",
     "BankDtype",
+    "code_width",
     "from_v1",
     "layout_problem",
+    "rate_problem",
     "rebase_ticks",
     "state_problem",
 ]
 
 DTYPES: dict[str, torch.dtype] = dict(
-    zip(BANK_DTYPES, (torch.float32, torch.float16, torch.int8), strict=True)
+    zip(BANK_DTYPES, (torch.float32, torch.float16, torch.int8, torch.uint8), strict=True)
 )
+# A "rate" bank (model/quant.py) keeps its code book beside the codes: bits per dimension and a
+# table of RATE_LEVELS levels per dimension; its codes are packed bytes, not m values.
+RATE_KEYS = ("rate_bits", "rate_levels")
+RATE_LEVELS = 256
+MAX_RATE_BITS = 8
 COUNTER_NAMES = ("tick", "reads", "hits", "misses", "writes", "evictions", "tick_base")
 STATE_KEYS = ("codes", "counts", "occupied", "last_write", "last_access", "counters")
 INT8_MAX = 127
@@ -43,10 +53,41 @@ INT8_MAX = 127
 COUNT_MAX = TICK_MAX = 2**31 - 1
 
 
+def rate_problem(bits: Tensor, levels: Tensor, m: int) -> str | None:
+    """Why (bits, levels) is not the code book of a rate bank of m dimensions, or None: bits
+    (m,) uint8 in 0..8, levels (m, 256) float32, finite, each dimension's first 2^bits levels
+    non-decreasing (its index order is its value order)."""
+    if not isinstance(bits, Tensor) or bits.dtype != torch.uint8 or tuple(bits.shape) != (m,):
+        return f"rate_bits is not uint8 ({m},)"
+    if not isinstance(levels, Tensor) or levels.dtype != torch.float32:
+        return "rate_levels is not float32"
+    if tuple(levels.shape) != (m, RATE_LEVELS):
+        return f"rate_levels has shape {tuple(levels.shape)}, expected {(m, RATE_LEVELS)}"
+    b = bits.detach().to("cpu", torch.int64)
+    if bool((b > MAX_RATE_BITS).any()):
+        return f"rate_bits exceed {MAX_RATE_BITS}"
+    lv = levels.detach().to("cpu")
+    if not all_finite(lv):
+        return "rate_levels are not finite"
+    used = torch.arange(RATE_LEVELS - 1)[None, :] < ((1 << b) - 1)[:, None]  # (m, 255)
+    if bool(((lv[:, 1:] < lv[:, :-1]) & used).any()):
+        return "rate_levels are not sorted"
+    return None
+
+
+def code_width(state: Mapping[str, Tensor], m: int, dtype: str) -> int:
+    """Storage values per code: m, or for "rate" the packed bytes of its rate_bits."""
+    if dtype != "rate":
+        return m
+    return math.ceil(int(state["rate_bits"].to(torch.int64).sum()) / 8)
+
+
 def layout_problem(state: Mapping[str, Tensor], capacity: int, m: int, dtype: str) -> str | None:
     """Why `state` does not have the tensors (keys, dtypes, shapes) of a bank of this capacity,
-    m and dtype, or None when it does. Values are not looked at."""
+    m and dtype, or None when it does. Values are not looked at, except a rate bank's code
+    book (`rate_problem`), which sets the width of its packed codes."""
     expected = set(STATE_KEYS) | ({"scales"} if dtype == "int8" else set())
+    expected |= set(RATE_KEYS) if dtype == "rate" else set()
     if any(k in state for k in META_KEYS):  # the slot metadata: all of it or none (older)
         expected |= set(META_KEYS)
     missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -54,8 +95,12 @@ def layout_problem(state: Mapping[str, Tensor], capacity: int, m: int, dtype: st
         return f"lacks tensor(s) {missing}"
     if extra:
         return f"has unexpected tensor(s) {extra}"
+    if dtype == "rate":
+        problem = rate_problem(state["rate_bits"], state["rate_levels"], m)
+        if problem is not None:
+            return problem
     specs: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {
-        "codes": (DTYPES[dtype], (capacity, m)),
+        "codes": (DTYPES[dtype], (capacity, code_width(state, m, dtype))),
         "counts": (torch.int32, (capacity,)),
         "occupied": (torch.bool, (capacity,)),
         "last_write": (torch.int32, (capacity,)),
@@ -63,7 +108,7 @@ def layout_problem(state: Mapping[str, Tensor], capacity: int, m: int, dtype: st
         "counters": (torch.int64, (len(COUNTER_NAMES),)),
         "scales": (torch.float32, (m,)),
     }
-    for key in sorted(expected - set(META_KEYS)):
+    for key in sorted(expected - set(META_KEYS) - set(RATE_KEYS)):
         t = state[key]
         if not isinstance(t, Tensor):
             return f"tensor {key!r} is not a tensor"
@@ -113,7 +158,7 @@ def _slot_problem(cpu: Mapping[str, Tensor]) -> str | None:
     if codes.is_floating_point():
         if not all_finite(codes):
             return "inconsistent state: non-finite codes"
-    elif bool((codes < -INT8_MAX).any()):
+    elif codes.dtype == torch.int8 and bool((codes < -INT8_MAX).any()):
         return f"inconsistent state: int8 codes below -{INT8_MAX}"
     free = ~occ
     for key in ("counts", "last_write", "last_access"):

@@ -29,7 +29,7 @@ def exact_cosines(bank: MemoryBank, queries: torch.Tensor) -> torch.Tensor:
     return cos.masked_fill(~bank.occupied, -math.inf)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8", "rate"])
 @pytest.mark.parametrize("batch", [1, 300])
 def test_scan_over_stored_codes_equals_the_float32_cosine(dtype: str, batch: int) -> None:
     """Across several blocks (batch 1: CAST_ROWS rows per cast block; batch 300: the score
@@ -54,6 +54,20 @@ def test_a_free_slot_never_answers_even_when_every_score_is_negative() -> None:
     r = bank.read(torch.tensor([[-1.0, 0.0]]), top_k=2)
     assert r.slots.tolist() == [[CAST_ROWS + 5, -1]]
     assert r.scores.tolist() == [[-1.0, 0.0]]
+
+
+def test_a_free_rate_slot_never_answers_though_its_zero_bytes_decode_to_levels() -> None:
+    """A free rate slot's zero bytes read back as each dimension's lowest level, not zero: its
+    inverse norm is 0 (also after a snapshot load), so it scores 0 and is masked out."""
+    bank = make_bank(CAST_ROWS + 10, 4, "rate")
+    assert bool((bank.quant.dequantise(bank.codes[:1]) != 0).all())
+    bank.assign([CAST_ROWS + 5], torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+    back = MemoryBank.from_state(bank.state_dict())
+    for b in (bank, back):
+        r = b.read(torch.tensor([[-1.0, 0.0, 0.0, 0.0]]), top_k=2)
+        assert r.slots.tolist() == [[CAST_ROWS + 5, -1]]
+        assert r.scores[0, 1] == 0.0 and r.scores[0, 0] < -0.9
+        assert int((b._inv != 0).sum()) == 1
 
 
 def test_counts_saturate_instead_of_wrapping() -> None:

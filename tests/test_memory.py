@@ -19,14 +19,22 @@ from model.bank import MemoryBank
 from model.durable import tensor_sha256
 from model.errors import DiskFullError, SlotNotFound, SnapshotError
 from model.memory import IDRPMemory, IDRPReadResult, Read, Write
+from model.ratecode import RateCode, fit_rate_code
 from model.testing import tiny_idrp
 
-DTYPES = ("float32", "float16", "int8")
+DTYPES = ("float32", "float16", "int8", "rate")
+
+
+def rate_code(m: int, bits: int = 6) -> RateCode:
+    """A rate code for standard normal codes: bits per dimension on average (Lloyd-Max)."""
+    z = torch.randn(4000, m, generator=torch.Generator().manual_seed(11)).numpy()
+    return fit_rate_code(z, math.ceil(bits * m / 8))
 
 
 def make_bank(capacity: int, m: int, dtype: str = "float32", **kw: object) -> MemoryBank:
     scales = torch.full((m,), 0.05) if dtype == "int8" else None
-    return MemoryBank(capacity, m, dtype=dtype, scales=scales, **kw)  # type: ignore[arg-type]
+    rate = rate_code(m) if dtype == "rate" else None
+    return MemoryBank(capacity, m, dtype=dtype, scales=scales, rate=rate, **kw)  # type: ignore[arg-type]
 
 
 def cos(a: list[float], b: list[float]) -> float:
@@ -335,6 +343,7 @@ def test_stats_after_a_sequence() -> None:
         "count_max": 2,
         "count_sum": 3,
         "dtype": "float32",
+        "code_bytes": 2 * 4,  # one stored code: m float32 values
         # codes + counts, last_write, last_access (int32) + occupied + 7 int64 counters
         "bytes": 4 * 2 * 4 + 4 * 4 * 3 + 4 + 7 * 8,
         "cache_bytes": 4 * 4,  # one float32 inverse norm per slot
@@ -365,14 +374,22 @@ def test_dtype_round_trip_through_write_read_get_and_snapshot(dtype: str, tmp_pa
     bank.write(codes[:6], mode="each")
     bank.write(codes[6:])  # mean
     stored = torch.cat([bank.get(s).code[None] for s in range(7)])
-    tol = {"float32": 0.0, "float16": 1e-3, "int8": 0.03}[dtype]
+    tol = {"float32": 0.0, "float16": 1e-3, "int8": 0.03, "rate": 0.15}[dtype]
     assert torch.allclose(stored[:6], codes[:6], atol=tol, rtol=tol)
     r = bank.read(codes[:6] + 0.01, top_k=2)
     assert r.slots[:, 0].tolist() == list(range(6))
     bank.delete(4)
-    assert bank.codes.dtype == {"float32": torch.float32, "float16": torch.float16}.get(
-        dtype, torch.int8
+    assert (
+        bank.codes.dtype
+        == {
+            "float32": torch.float32,
+            "float16": torch.float16,
+            "int8": torch.int8,
+            "rate": torch.uint8,
+        }[dtype]
     )
+    assert bank.codes.shape[1] == (3 if dtype == "rate" else 4)  # 4 x 6 bits: 3 bytes
+    assert bank.stats()["code_bytes"] == {"float32": 16, "float16": 8, "int8": 4, "rate": 3}[dtype]
 
     path = tmp_path / "bank.safetensors"
     size = snapshot.save(bank, path, fingerprint="abc123", extra={"lsn": "42"}).bytes

@@ -22,6 +22,7 @@ from service import frames
 from service.persistence import Persistence, Recovery
 from service.store import snapshot_name
 from service.wal import WriteAheadLog
+from tests.test_memory import rate_code
 
 FP = "model-fingerprint-a"
 CAP, M = 32, 8
@@ -29,7 +30,8 @@ CAP, M = 32, 8
 
 def make_bank(dtype: str = "float32", capacity: int = CAP) -> Callable[[], MemoryBank]:
     scales = torch.full((M,), 0.03) if dtype == "int8" else None
-    return lambda: MemoryBank(capacity, M, dtype=dtype, scales=scales, initial_count=1)
+    rate = rate_code(M) if dtype == "rate" else None  # 6 bits per dimension: 6 bytes
+    return lambda: MemoryBank(capacity, M, dtype=dtype, scales=scales, rate=rate, initial_count=1)
 
 
 def open_(folder: Path, dtype: str = "float32", **kw: object) -> tuple[Persistence, Recovery]:
@@ -147,7 +149,7 @@ def test_fresh_folder_starts_empty(tmp_path: Path) -> None:
     p.close()
 
 
-@pytest.mark.parametrize("dtype", ["float32", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "int8", "rate"])
 @pytest.mark.parametrize("fsync", ["always", "everysec", "off"])
 def test_recovery_gives_back_the_live_state(tmp_path: Path, dtype: str, fsync: str) -> None:
     p, rec = open_(tmp_path, dtype, fsync=fsync)

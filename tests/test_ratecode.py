@@ -1,10 +1,14 @@
-"""Rate-allocated scalar codes: budgets, allocation, Lloyd-Max levels, packing, JSON."""
+"""Rate-allocated scalar codes: budgets, allocation, Lloyd-Max levels, packing, JSON, and the
+bank's "rate" storage (model/quant.py) that holds them."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
+from model.bank import MemoryBank
+from model.quant import Quantiser
 from model.ratecode import RateCode, fit_rate_code, lloyd_max
 
 
@@ -56,3 +60,68 @@ def test_json_round_trip_and_checks() -> None:
         RateCode.from_dict(bad)
     with pytest.raises(ValueError, match="codes of 24 values"):
         rc.encode(np.zeros((2, 3)))
+
+
+# ---------------------------------------------------------------------- the bank's storage
+
+
+@pytest.mark.parametrize("budget", [3, 4, 7, 16, 24])
+def test_bank_quantiser_packs_and_reads_back_exactly_as_the_rate_code(budget: int) -> None:
+    """Quantiser("rate") stores RateCode.pack(encode(z)) byte for byte (24 dims: 0-bit
+    dimensions last at small budgets, all 8 bits at 24 B) and reads back decode()."""
+    z = gaussian_codes()
+    rc = fit_rate_code(z, budget)
+    q = Quantiser("rate", rc.m, rate=rc)
+    assert (q.width, q.code_bytes, q.packed) == (rc.code_bytes, rc.code_bytes, True)
+    zt = torch.from_numpy(z[:700].astype(np.float32))
+    stored = q.quantise(zt)
+    idx = rc.encode(z[:700])
+    assert stored.dtype == torch.uint8 and stored.shape == (700, rc.code_bytes)
+    assert np.array_equal(stored.numpy(), rc.pack(idx))
+    assert torch.equal(q.unpack(stored), torch.from_numpy(idx.astype(np.int64)))
+    assert np.array_equal(q.dequantise(stored).numpy(), rc.decode(idx))
+    assert torch.equal(q.quantise(q.dequantise(stored)), stored)  # levels quantise to themselves
+
+
+def test_bank_quantiser_rebuilt_from_its_tables_is_the_same() -> None:
+    rc = fit_rate_code(gaussian_codes(), 7)
+    q = Quantiser("rate", rc.m, rate=rc)
+    assert q.rate_bits is not None and q.rate_levels is not None
+    again = Quantiser("rate", rc.m, rate=(q.rate_bits, q.rate_levels))
+    z = torch.from_numpy(gaussian_codes(seed=3).astype(np.float32))
+    assert torch.equal(again.quantise(z), q.quantise(z))
+
+
+def test_bank_quantiser_refuses_bad_code_books() -> None:
+    rc = fit_rate_code(gaussian_codes(), 7)
+    bits, levels = (torch.from_numpy(t) for t in rc.tables())
+    with pytest.raises(ValueError, match="expected a rate code"):
+        Quantiser("rate", 24)
+    with pytest.raises(ValueError, match=r"rate=None for dtype 'int8'"):
+        Quantiser("int8", 24, scales=torch.ones(24), rate=rc)
+    with pytest.raises(ValueError, match=r"rate_bits is not uint8 \(24,\)"):
+        Quantiser("rate", 24, rate=(bits.to(torch.int32), levels))
+    with pytest.raises(ValueError, match="rate_bits exceed 8"):
+        Quantiser("rate", 24, rate=(torch.full((24,), 9, dtype=torch.uint8), levels))
+    flipped = levels.clone()
+    flipped[0, :2] = flipped[0, :2].flip(0)
+    with pytest.raises(ValueError, match="rate_levels are not sorted"):
+        Quantiser("rate", 24, rate=(bits, flipped))
+    with pytest.raises(ValueError, match=r"shape \(24, 16\), expected \(24, 256\)"):
+        Quantiser("rate", 24, rate=(bits, levels[:, :16]))
+
+
+def test_a_rate_bank_state_with_a_bad_code_book_is_refused() -> None:
+    rc = fit_rate_code(gaussian_codes(), 7)
+    bank = MemoryBank(5, rc.m, dtype="rate", rate=rc)
+    bank.write(torch.from_numpy(gaussian_codes()[:2].astype(np.float32)), mode="each")
+    state = bank.state_dict()
+    state["rate_levels"][0, 0] = float("nan")
+    with pytest.raises(ValueError, match="rate_levels are not finite"):
+        bank.load_state_dict(state)
+    state = bank.state_dict()
+    state["rate_bits"][-1] = 8  # 8 more bits: a wider packed code than the codes tensor
+    with pytest.raises(ValueError, match=r"tensor 'codes' has shape \(5, 7\), expected \(5, 8\)"):
+        bank.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"lacks tensor\(s\) \['rate_levels'\]"):
+        bank.load_state_dict({k: v for k, v in bank.state_dict().items() if k != "rate_levels"})
