@@ -207,6 +207,12 @@ class StatsResponse(BaseModel):
     m: int
     compression_ratio: float = Field(description="d / m: values per item over values per code.")
     bytes_ratio: float = Field(description="float32 item bytes (d * 4) over stored code bytes.")
+    code_bytes: int | None = Field(
+        default=None,
+        description="Bytes per item of the stored code: m x 4 (float32), m x 2 (float16), m "
+        "(int8), or a rate code's packed budget (rate). None where an answer does not report "
+        "it (a sharded app's merged stats, until they do).",
+    )
     device: str
     model: str
     fingerprint: str

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from model.idrp import IDRP
-from model.state import DTYPES
 from service.batching import BatchStats
 from service.persistence import Persistence, Recovery
 
@@ -26,7 +25,7 @@ def engine_stats(
 ) -> dict[str, Any]:
     """The /stats answer from `MemoryBank.stats()` (`bank`) and the engine's parts."""
     d, m = model.config.d, model.config.m
-    code_bytes = m * DTYPES[bank["dtype"]].itemsize
+    code_bytes = bank["code_bytes"]
     last = persistence.last_snapshot
     return {
         "capacity": bank["capacity"],
@@ -35,6 +34,7 @@ def engine_stats(
         "m": m,
         "compression_ratio": d / m,
         "bytes_ratio": d * 4 / code_bytes,
+        "code_bytes": code_bytes,
         "device": device,
         "model": model.name,
         "fingerprint": model.fingerprint,

@@ -66,6 +66,7 @@ def test_stats_fields(client: TestClient, weights_file: Path) -> None:
     assert (s["d"], s["m"]) == (D, M)
     assert s["compression_ratio"] == D / M
     assert s["bytes_ratio"] == D * 4 / (M * 4)
+    assert s["code_bytes"] == M * 4
     assert s["device"] == "cpu"
     assert s["model"] == "tiny-m16"
     assert s["fingerprint"] == model.fingerprint
@@ -90,6 +91,7 @@ def test_int8_bank_reports_its_bytes_ratio(
         s = c.get("/stats").json()
         assert s["bank_dtype"] == "int8"
         assert s["bytes_ratio"] == D * 4 / M
+        assert s["code_bytes"] == M
         assert c.post("/read", json={"queries": items(1)}).json()["results"][0][0]["slot"] == 0
 
 
