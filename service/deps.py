@@ -15,6 +15,8 @@ create_app fills.
   document their body with `openapi_extra=body_doc(Model)`, a reference to the schema that
   create_app's OpenAPI document takes from the same models, so the document states this app's
   limits.
+- ReadCall / WriteCall: access, engine and body of the hot routes (/read, /write) as one
+  dependency, in the same order.
 - SlotId: the path's slot id, plain decimal digits only (schemas.slot_id), else 422.
 
 A dependency that raises ends the request, so a route declares its access first, then the engine,
@@ -175,6 +177,22 @@ async def _read_body(request: Request) -> ReadRequest:
     return body
 
 
+async def _read_call(request: Request) -> tuple[Engine, ReadRequest]:
+    """ReadAccess, EngineDep and ReadBody as one dependency, checked in that order (401,
+    then 503, then the body's 4xx): /read is the hot path, and FastAPI's own work for each
+    declared dependency cost it 12% of its event-loop time (186 -> 163 us per request)."""
+    await authenticate(request)
+    engine = ready_engine(request)
+    return engine, await _read_body(request)
+
+
+async def _write_call(request: Request) -> tuple[Engine, WriteRequest]:
+    """WriteAccess, EngineDep and WriteBody as one dependency, in that order (as `_read_call`)."""
+    await authorize_write(request)
+    engine = ready_engine(request)
+    return engine, await _write_body(request)
+
+
 async def _remember_body(request: Request) -> RememberRequest:
     models: RequestModels = request.app.state.models
     return _validated(models.remember, await _json_body(request))
@@ -206,6 +224,8 @@ ReadAccess = Annotated[Role, Depends(authenticate)]
 WriteAccess = Annotated[Role, Depends(authorize_write)]
 WriteBody = Annotated[WriteRequest, Depends(_write_body)]
 ReadBody = Annotated[ReadRequest, Depends(_read_body)]
+ReadCall = Annotated[tuple[Engine, ReadRequest], Depends(_read_call)]
+WriteCall = Annotated[tuple[Engine, WriteRequest], Depends(_write_call)]
 RememberBody = Annotated[RememberRequest, Depends(_remember_body)]
 RecallBody = Annotated[RecallRequest, Depends(_recall_body)]
 PreviewBody = Annotated[PreviewRequest, Depends(_preview_body)]

@@ -11,10 +11,10 @@ from service.deps import (
     EngineDep,
     PinBody,
     ReadAccess,
-    ReadBody,
+    ReadCall,
     SlotId,
     WriteAccess,
-    WriteBody,
+    WriteCall,
     body_doc,
 )
 from service.responses import FastJSON, error_answers
@@ -28,10 +28,11 @@ router = APIRouter(tags=["memory"])
     openapi_extra=body_doc(WriteRequest),
     responses=error_answers(401, 403, 413, 415, 422, 503, 507),
 )
-async def write(_: WriteAccess, engine: EngineDep, body: WriteBody) -> WriteResponse:
+async def write(call: WriteCall) -> WriteResponse:
     """Encode the items and store their codes: mode "mean" -> one slot, "each" -> one per
     item; in a namespace, pinned or not, with texts and payloads. Logged to the write-ahead
     log before the bank changes."""
+    engine, body = call
     stored = stored_slots(len(body.items), body.mode)
     records = texts.records(stored, body.texts, body.payloads)
     out = await engine.write(body.items, body.mode, body.namespace, records, body.pinned)
@@ -44,10 +45,11 @@ async def write(_: WriteAccess, engine: EngineDep, body: WriteBody) -> WriteResp
     response_model=ReadResponse,
     responses=error_answers(401, 413, 415, 422, 503),
 )
-async def read(_: ReadAccess, engine: EngineDep, body: ReadBody) -> Response:
+async def read(call: ReadCall) -> Response:
     """For each query, the top_k stored slots (of one namespace, or all) by cosine
     similarity, best first, with the slot's access count after this read, (reconstruct=true)
     the decoded item, and the slot's text and payload when it keeps them."""
+    engine, body = call
     results = await engine.read(
         body.queries, body.top_k, body.min_score, body.reconstruct, body.namespace, body.rescore
     )
