@@ -33,6 +33,7 @@ def sharded_stats(
     d, m = model.config.d, model.config.m
     dtype = up[0]["bank_dtype"] if up else "float32"
     used = sum(p["used"] for p in up)
+    code_bytes = up[0]["code_bytes"] if up else m * DTYPES[dtype].itemsize  # every shard's
     count_sum = sum(p["counts"]["sum"] for p in up)
     counted = [p for p in up if p["used"]]
     batching = [p["batching"] for p in up]
@@ -43,7 +44,8 @@ def sharded_stats(
         "d": d,
         "m": m,
         "compression_ratio": d / m,
-        "bytes_ratio": d * 4 / (m * DTYPES[dtype].itemsize),
+        "bytes_ratio": d * 4 / code_bytes,
+        "code_bytes": code_bytes,
         "device": up[0]["device"] if up else "unknown",
         "model": model.name,
         "fingerprint": model.fingerprint,
