@@ -85,10 +85,20 @@ class Metrics:
         )
         self.bank = _BankCollector()
         self.registry.register(self.bank)
+        # the labelled children, found once per (method, route, status): labels() takes a
+        # lock and builds its key on every call, on every request
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self, stats: dict[str, Any] | None, ready: bool) -> bytes:
         self.bank.stats, self.bank.ready = stats, ready
