@@ -271,7 +271,8 @@ class MemoryBank:
 
     @property
     def used(self) -> int:
-        return int(self.occupied.sum().item())
+        # count_nonzero: no temporary (a bool sum() upcasts the whole column to int64)
+        return int(torch.count_nonzero(self.occupied))
 
     def __len__(self) -> int:
         return self.used
@@ -616,8 +617,8 @@ class MemoryBank:
         read cache on top of them (the inverse norms and the block buffer), meta_bytes =
         namespaces, pins and records (model/slots.py); namespaces = per namespace with a slot:
         used, pinned, count_sum."""
-        occ = self.counts[self.occupied]
-        used = int(occ.numel())
+        used = self.used
+        count_sum, count_min, count_max = self._count_stats()
         cache = [self._inv, *self._blocks]
         return {
             "capacity": self.capacity,
@@ -628,10 +629,10 @@ class MemoryBank:
             "misses": self.misses,
             "writes": self.writes,
             "evictions": self.evictions,
-            "count_min": int(occ.min()) if used else 0,
-            "count_mean": float(occ.double().mean()) if used else 0.0,
-            "count_max": int(occ.max()) if used else 0,
-            "count_sum": int(occ.sum()),
+            "count_min": count_min,
+            "count_mean": count_sum / used if used else 0.0,
+            "count_max": count_max,
+            "count_sum": count_sum,
             "dtype": self.dtype,
             "code_bytes": self.code_bytes,
             "bytes": sum(t.numel() * t.element_size() for t in self._core_tensors().values()),
@@ -641,6 +642,19 @@ class MemoryBank:
             "initial_count": self.initial_count,
             "tick": self.tick,
         }
+
+    def _count_stats(self, rows: int = 1 << 16) -> tuple[int, int, int]:
+        """Sum, min and max of the occupied slots' counts (0, 0, 0 when none), a block at a
+        time: a whole-column reduction leaves tens of MB in the allocator at 1M slots."""
+        total, low, high, seen = 0, COUNT_MAX, 0, False
+        for start in range(0, self.capacity, rows):
+            occ = self.occupied[start : start + rows]
+            if not bool(occ.any()):
+                continue
+            counts = self.counts[start : start + rows][occ]
+            total += int(counts.sum())
+            low, high, seen = min(low, int(counts.min())), max(high, int(counts.max())), True
+        return (total, low, high) if seen else (0, 0, 0)
 
     # ------------------------------------------------------------------ state
 

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from model.errors import BankFull
 
-__all__ = ["Plan", "Policy", "choose", "plan", "plan_each"]
+__all__ = ["Plan", "Policy", "choose", "first_free", "plan", "plan_each"]
 
 
 class Policy(NamedTuple):
@@ -63,12 +63,24 @@ def aged(counts: Tensor, touched: Tensor, tick: int, decay_ticks: int) -> Tensor
     return counts >> halvings
 
 
+def first_free(occupied: Tensor, n: int, chunk: int = 1 << 16) -> list[int]:
+    """The lowest n free slots (fewer when there are not that many), found `chunk` slots at a
+    time: the indices of every free slot of a large, mostly free bank (8 bytes each, 8 MB at
+    1M slots) are never made, so no write leaves such a block in the allocator's arenas."""
+    out: list[int] = []
+    for start in range(0, occupied.numel(), chunk):
+        if len(out) >= n:
+            break
+        idx = torch.nonzero(~occupied[start : start + chunk]).squeeze(1)[: n - len(out)]
+        out += (idx + start).tolist()
+    return out
+
+
 def choose(n: int, p: Policy, within: Tensor | None = None, use_free: bool = True) -> Plan:
     """Slots for n new codes (n <= capacity, checked by callers): free first (use_free), then
     the LFU occupied slots that are not pinned (and, given `within`, among those slots only).
     BankFull when there are not enough."""
-    free = torch.nonzero(~p.occupied).squeeze(1) if use_free else p.occupied[:0].long()
-    chosen = free[:n].tolist()
+    chosen = first_free(p.occupied, n) if use_free and n else []
     need = n - len(chosen)
     if need == 0:
         return Plan(chosen, [])

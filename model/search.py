@@ -114,7 +114,10 @@ def _candidates(
         return _single(qs[0], codes, inv, allowed, k, block, zero_free, decode)
     b, n, m = qs.shape[0], codes.shape[0], qs.shape[1]
     cast = decode is None and codes.dtype != torch.float32
-    rows = min(max(k, BLOCK_ELEMENTS // b), n)
+    rows = max(k, BLOCK_ELEMENTS // b)
+    if cast or decode is not None:  # the float32 copy of a block: CAST_ROWS rows at most
+        rows = max(k, min(rows, CAST_ROWS))
+    rows = min(rows, n)
     need = b * rows + (rows * m if cast else 0)
     buf = _buffer(block, need, rows == n, codes.device)
     values, slots = [], []

@@ -172,13 +172,12 @@ class SlotMeta:
         """Per namespace with at least one occupied slot: used, pinned, count_sum."""
         out: dict[str, dict[str, int]] = {}
         if self._namespace is None and self._pinned is None:  # all default, none pinned
-            n = int(occupied.sum())
-            if n:
-                out[DEFAULT_NAMESPACE] = {
-                    "used": n,
-                    "pinned": 0,
-                    "count_sum": int(counts[occupied].sum()),
-                }
+            n = int(torch.count_nonzero(occupied))
+            if n:  # free slots count 0 (the bank's invariant): no mask, summed in blocks
+                total = sum(
+                    int(counts[s : s + (1 << 16)].sum()) for s in range(0, counts.numel(), 1 << 16)
+                )
+                out[DEFAULT_NAMESPACE] = {"used": n, "pinned": 0, "count_sum": total}
             return out
         ids = self.namespace[occupied]
         if not ids.numel():
