@@ -184,3 +184,22 @@ def fit_rate_code(
         ),
         means=tuple(float(x) for x in means),
     )
+
+
+def shipped_rate_code(info: dict[str, Any], code_bytes: int | None = None) -> RateCode:
+    """The rate code a weights file ships for a bank of `code_bytes` per item (its
+    info["rate_codes"]["<n>B"]); None: the file's default (info["rate_default"], else its only
+    one). ValueError naming what the file has when there is no such code."""
+    codes = info.get("rate_codes")
+    have = sorted(codes, key=lambda k: int(k.rstrip("B"))) if isinstance(codes, dict) else []
+    if code_bytes is not None:
+        key = f"{code_bytes}B"
+    elif isinstance(info.get("rate_default"), str):
+        key = info["rate_default"]
+    elif len(have) == 1:
+        key = have[0]
+    else:
+        raise ValueError(f"expected a budget among the file's rate codes {have}, got none")
+    if not isinstance(codes, dict) or key not in codes:
+        raise ValueError(f"expected a budget among the file's rate codes {have}, got {key!r}")
+    return RateCode.from_dict(codes[key])

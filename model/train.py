@@ -87,12 +87,68 @@ def mean_mse(
     return total / x.numel()
 
 
+def decoder_sensitivity(model: IDRP, x: np.ndarray, n: int = 256) -> np.ndarray:
+    """Per code dimension j, E ||d decode(z) / d z_j||^2 over (at most n of) the items x: how
+    much pixel MSE one unit of squared error in z_j costs, to first order. With independent
+    per-dimension quantisation errors e_j, E ||x_hat(z + e) - x_hat(z)||^2 ~= sum_j w_j E e_j^2,
+    so these weights make the bit allocation minimise reconstruction error, not code error."""
+    z = encode_batched(model, x[:n])
+    w = np.empty(model.config.m)
+    with torch.no_grad():
+        for j in range(model.config.m):
+            e = torch.zeros_like(z)
+            e[:, j] = 1.0
+            jv = torch.func.jvp(model.reconstruct_from, (z,), (e,))[1]
+            w[j] = float((jv**2).sum(dim=1).mean()) / model.config.d
+    return w
+
+
 def rate_codes(model: IDRP, x: np.ndarray, budgets: list[int], seed: int) -> dict[str, object]:
-    """Rate-allocated codes (model/ratecode.py) of the model's codes of x, per budget in bytes."""
+    """Rate-allocated codes (model/ratecode.py) of the model's codes of x, per budget in bytes,
+    bits allocated by decoder-weighted distortion (`decoder_sensitivity`)."""
     if not budgets:
         return {}
     z = encode_batched(model, x).numpy()
-    return {f"{b}B": fit_rate_code(z, b, seed=seed).to_dict() for b in sorted(set(budgets))}
+    w = decoder_sensitivity(model, x)
+    return {
+        f"{b}B": fit_rate_code(z, b, weights=w, seed=seed).to_dict() for b in sorted(set(budgets))
+    }
+
+
+def add_rate_codes(
+    path: Path, budgets: list[int], command: str, default: int | None = None
+) -> dict[str, object]:
+    """Fit rate codes (`rate_codes`) for an already trained weights file, on the same fit split
+    its training used (the seeded validation carve-out of its data set's train split), and
+    write them into its info["rate_codes"], beside any it has. Tensors, config and so the
+    fingerprint are unchanged: banks and snapshots made with the file stay valid."""
+    import safetensors
+
+    from model.checkpoint import load_idrp
+    from model.durable import write_safetensors
+
+    model = load_idrp(path)
+    info = dict(model.info)
+    split = datasets.load(str(info["data"]))
+    total = int(info["train_items"]) + int(info["val_items"])  # type: ignore[call-overload]
+    train_np = split.train[:total]  # as --max-train took them
+    fit_np, val_np = datasets.train_val_split(train_np, 0.1, model.config.seed)
+    if (len(fit_np), len(val_np)) != (info.get("train_items"), info.get("val_items")):
+        raise ValueError(
+            f"expected the file's split {info.get('train_items')} / {info.get('val_items')}, "
+            f"got {len(fit_np)} / {len(val_np)}: it was not trained with the default split"
+        )
+    rates = rate_codes(model, fit_np, budgets, model.config.seed)
+    info["rate_codes"] = {**dict(info.get("rate_codes", {})), **rates}  # type: ignore[call-overload]
+    info["rate_codes_command"] = command
+    if default is not None:
+        info["rate_default"] = f"{default}B"
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
+    metadata["info"] = json.dumps(info, sort_keys=True)
+    write_safetensors(path, tensors, metadata)
+    return {k: v["code_bytes"] for k, v in rates.items()}  # type: ignore[index]
 
 
 def hardware() -> str:
@@ -106,8 +162,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--data", choices=sorted(datasets.LOADERS), required=True)
-    p.add_argument("--m", type=int, required=True)
+    p.add_argument("--data", choices=sorted(datasets.LOADERS))
+    p.add_argument("--m", type=int)
+    p.add_argument(
+        "--add-rate-codes",
+        type=Path,
+        metavar="WEIGHTS",
+        help="fit --rate-bytes codes for this trained file and write them into it (no training)",
+    )
     p.add_argument("--name", help="weights/<name>.safetensors (default <data>-m<m>)")
     p.add_argument("--out-dir", default="weights")
     p.add_argument("--epochs", type=int, default=200)
@@ -130,12 +192,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sim-temp", type=float, default=0.0, help="0: cosine MSE; > 0: listwise KL")
     p.add_argument("--ema", type=float, default=0.0, help="EMA decay of weights (0 = off)")
     p.add_argument("--rate-bytes", type=int, nargs="*", default=[], help="rate codes to fit, B")
+    p.add_argument(
+        "--rate-default", type=int, default=None, help="the rate code a bank uses by default, B"
+    )
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--patience", type=int, default=40, help="epochs without val improvement")
     p.add_argument("--max-train", type=int, default=0, help="use at most this many train items")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
+    if args.add_rate_codes is None and (args.data is None or args.m is None):
+        p.error("expected --data and --m (or --add-rate-codes WEIGHTS)")
+    if args.add_rate_codes is not None and not args.rate_bytes:
+        p.error("expected --rate-bytes with --add-rate-codes")
+    if args.rate_default is not None and args.rate_default not in args.rate_bytes:
+        p.error(f"expected --rate-default among --rate-bytes {args.rate_bytes}")
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in the weights file
     return args
 
@@ -289,6 +360,8 @@ def train(args: argparse.Namespace) -> Path:
     }
     if rates:
         info["rate_codes"] = rates  # fitted on the fit split's codes (model/ratecode.py)
+    if args.rate_default is not None:
+        info["rate_default"] = f"{args.rate_default}B"
     fp = save_idrp(model, out, name=name, info=info, shape=split.shape)
     print(json.dumps({"weights": str(out), "fingerprint": fp, **info}, indent=2))
     return out
@@ -296,7 +369,15 @@ def train(args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     np.set_printoptions(precision=4)
-    train(parse_args(argv))
+    args = parse_args(argv)
+    if args.add_rate_codes is not None:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        command = "python -m model.train " + shlex.join(args.argv)
+        added = add_rate_codes(args.add_rate_codes, args.rate_bytes, command, args.rate_default)
+        print(json.dumps(added))
+        return
+    train(args)
 
 
 if __name__ == "__main__":

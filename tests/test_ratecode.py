@@ -9,7 +9,7 @@ import torch
 
 from model.bank import MemoryBank
 from model.quant import Quantiser
-from model.ratecode import RateCode, fit_rate_code, lloyd_max
+from model.ratecode import RateCode, fit_rate_code, lloyd_max, shipped_rate_code
 
 
 def gaussian_codes(n: int = 4000, m: int = 24, seed: int = 0) -> np.ndarray:
@@ -125,3 +125,17 @@ def test_a_rate_bank_state_with_a_bad_code_book_is_refused() -> None:
         bank.load_state_dict(state)
     with pytest.raises(ValueError, match=r"lacks tensor\(s\) \['rate_levels'\]"):
         bank.load_state_dict({k: v for k, v in bank.state_dict().items() if k != "rate_levels"})
+
+
+def test_shipped_rate_code_picks_the_budget_or_the_default() -> None:
+    z = gaussian_codes()
+    codes = {f"{b}B": fit_rate_code(z, b).to_dict() for b in (4, 8)}
+    assert shipped_rate_code({"rate_codes": codes}, 8).code_bytes == 8
+    assert shipped_rate_code({"rate_codes": codes, "rate_default": "4B"}).code_bytes == 4
+    assert shipped_rate_code({"rate_codes": {"8B": codes["8B"]}}).code_bytes == 8
+    with pytest.raises(ValueError, match=r"among the file's rate codes \['4B', '8B'\], got none"):
+        shipped_rate_code({"rate_codes": codes})
+    with pytest.raises(ValueError, match=r"rate codes \['4B', '8B'\], got '16B'"):
+        shipped_rate_code({"rate_codes": codes}, 16)
+    with pytest.raises(ValueError, match=r"rate codes \[\], got '16B'"):
+        shipped_rate_code({}, 16)

@@ -6,6 +6,7 @@ from pathlib import Path
 from model.checkpoint import load_idrp
 from model.evaluate import main as evaluate_main
 from model.ratecode import RateCode
+from model.train import main as train_main
 from model.train import parse_args, train
 
 TINY = ["--n-layers", "2", "--hidden", "16", "--n-blocks", "1", "--predictor-hidden", "16"]
@@ -47,3 +48,16 @@ def test_similarity_term_and_rate_codes_are_recorded(tmp_path: Path) -> None:
     assert isinstance(codes, dict) and sorted(codes) == ["4B", "6B"]
     assert [RateCode.from_dict(codes[k]).code_bytes for k in ("4B", "6B")] == [4, 6]
     assert "--sim-weight 1e-3" in str(model.info["command"])
+
+
+def test_rate_codes_added_later_are_those_training_would_have_fitted(tmp_path: Path) -> None:
+    with_codes = load_idrp(run(tmp_path, "with", "--rate-bytes", "4"))
+    path = run(tmp_path, "later")
+    train_main(["--add-rate-codes", str(path), "--rate-bytes", "4", "6", "--rate-default", "6"])
+    later = load_idrp(path)
+    assert later.fingerprint == with_codes.fingerprint  # the tensors are not touched
+    assert later.info["rate_codes"]["4B"] == with_codes.info["rate_codes"]["4B"]  # type: ignore[index]
+    assert sorted(later.info["rate_codes"]) == ["4B", "6B"]  # type: ignore[arg-type]
+    assert later.info["rate_default"] == "6B"
+    assert "--add-rate-codes" in str(later.info["rate_codes_command"])
+    assert later.info["command"] != later.info["rate_codes_command"]
