@@ -11,8 +11,17 @@ nothing per item beyond the code (per-model tables ship once):
   stores it: float32 (4m bytes), float16 (2m; z.half().float()) or int8 (m bytes; q =
   clamp(round(z / s), -127, 127), z' = q * s with the model's per-dimension `code_scales` s).
   A cell shows the best config with bytes <= budget; the JSON lists every config.
+- IDRP rate: the bank's "rate" storage (model/quant.py): per code dimension 0-8 bits, packed
+  to the budget, Lloyd-Max levels; the weights' shipped rate code for the budget
+  (info["rate_codes"], fitted by model.train on training codes with decoder-weighted
+  distortion), else one fitted here the same way on the train split ("fitted here"). Beside
+  each, PCA at the same m with its own allocation (same procedure, pixel MSE), which
+  separates the flow's gain from the allocation's.
 - PCA float32 / float16 / int8 (sklearn PCA fitted on train) at the largest m that fits, capped
   at d; int8 uses the same scheme with s = max |coef| over the training coefs / 127.
+- PCA rate: PCA coefs (m = min(d, 8 x budget) components) with the same rate allocation
+  (model/ratecode.py: greedy reverse water-filling with Lloyd-Max levels, fitted on train):
+  classical transform coding, the allocation's win without the flow.
 - PQ and OPQ (faiss, M subquantizers x 8 bits = the budget, trained on train; `PQ{M}np` and
   `OPQ{M},PQ{M}np`: `np` turns off polysemous training, which only permutes codes for Hamming
   search, leaves reconstructions unchanged and costs minutes). M must divide the dimension:
@@ -21,6 +30,8 @@ nothing per item beyond the code (per-model tables ship once):
   nothing to code (for plain PQ they only waste those subquantizers) and are dropped after
   decoding. OPQ's rotation is trained for `--opq-niter` alternations (faiss default 50; each
   costs seconds on MNIST), and its quality depends on it (MNIST-5k, 64 B: 21.6 dB at 10).
+- RQ: faiss residual quantiser `RQ{M}x8` (M x 8 bits = the budget), trained on train, beam
+  `--rq-beam` (1 by default: a wider beam costs minutes per budget on 2 cores).
 - raw pixels: b bits per pixel, b in (8, 4, 2) the largest with d * b / 8 <= budget (uniform
   levels round(x * (2^b - 1)) / (2^b - 1)); MNIST (d = 784) fits no budget.
 
@@ -55,7 +66,10 @@ from model import data as datasets
 from model.bank import MemoryBank
 from model.checkpoint import load_idrp
 from model.evaluate import metrics
-from model.idrp import decode_batched, encode_batched
+from model.idrp import IDRP, decode_batched, encode_batched
+from model.quant import Quantiser
+from model.ratecode import RateCode, fit_rate_code
+from model.train import decoder_sensitivity
 
 BUDGETS = (16, 32, 64, 128)
 QUICK_BUDGETS = (16, 64)
@@ -64,7 +78,18 @@ SHORT = {"float32": "f32", "float16": "f16", "int8": "int8"}
 INT8_MAX = 127
 PIXEL_BITS = (8, 4, 2)
 PQ_NBITS = 8
-ROWS = ("IDRP", "PCA float32", "PCA float16", "PCA int8", "PQ", "OPQ", "raw pixels")
+ROWS = (
+    "IDRP",
+    "IDRP rate",
+    "PCA float32",
+    "PCA float16",
+    "PCA int8",
+    "PCA rate",
+    "PQ",
+    "OPQ",
+    "RQ",
+    "raw pixels",
+)
 # Numbers our issue measured on MNIST-5k held out, at 64 B per item; a full run re-measures them
 # (OPQ at the 10 alternations they came from) and reports the gap.
 REFERENCE = {"mnist": {"OPQ niter=10": 21.6, "PCA int8": 21.3, "PCA float32": 16.2}}
@@ -153,6 +178,42 @@ def pca_roundtrip(
     return pca.inverse_transform(z.numpy().astype(np.float64)), scales
 
 
+def rate_stored(z: Tensor, rc: RateCode) -> Tensor:
+    """The float32 codes a "rate" bank holds for z (N, m): its Quantiser's round trip."""
+    q = Quantiser("rate", rc.m, rate=rc)
+    return q.dequantise(q.quantise(z.to(torch.float32)))
+
+
+def idrp_rate_code(
+    model: IDRP, budget: int, z_train: Tensor, train: np.ndarray
+) -> tuple[RateCode, bool]:
+    """The weights' shipped rate code for this budget (True), else one fitted on the training
+    codes with decoder-weighted distortion, as model.train fits them (False)."""
+    shipped = model.info.get("rate_codes")
+    if isinstance(shipped, dict) and f"{budget}B" in shipped:
+        return RateCode.from_dict(shipped[f"{budget}B"]), True
+    w = decoder_sensitivity(model, train)
+    return fit_rate_code(z_train.numpy(), budget, weights=w), False
+
+
+def pca_rate_roundtrip(pca: PCA, train: np.ndarray, x: np.ndarray, budget: int) -> np.ndarray:
+    """Reconstructions of x from PCA coefs rate-coded to budget bytes (fitted on train)."""
+    rc = fit_rate_code(pca.transform(train), budget)
+    z = rate_stored(pca_codes(pca, x), rc)
+    return pca.inverse_transform(z.numpy().astype(np.float64))
+
+
+def rq_roundtrip(train: np.ndarray, x: np.ndarray, M: int, beam: int) -> tuple[np.ndarray, int]:
+    """faiss RQ{M}x8 trained on train; reconstructions of x and bytes per item."""
+    import faiss
+
+    index = faiss.index_factory(train.shape[1], f"RQ{M}x8")
+    index.rq.max_beam_size = beam  # type: ignore[attr-defined]
+    index.train(np.ascontiguousarray(train, dtype=np.float32))
+    codes = index.sa_encode(np.ascontiguousarray(x, dtype=np.float32))
+    return index.sa_decode(codes), int(codes.shape[1])
+
+
 def pq_roundtrip(
     train: np.ndarray, x: np.ndarray, M: int, opq: bool, opq_niter: int
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -239,6 +300,7 @@ class Bench:
         self.split, self.budgets, self.log = split, tuple(budgets), log
         self.cells: dict[str, dict[int, dict[str, Any]]] = {row: {} for row in ROWS}
         self.idrp: list[dict[str, Any]] = []  # every IDRP config
+        self.idrp_rate: list[dict[str, Any]] = []  # every IDRP rate code
         self.models: list[dict[str, Any]] = []
         self.recall: list[dict[str, Any]] = []
         self.reference: list[dict[str, Any]] = []
@@ -284,6 +346,7 @@ class Bench:
             self.recall += recall_rows(
                 f"IDRP {model.name}", m, z_train, z_test, model.code_scales, self.targets
             )
+            self.run_idrp_rate(model, z_train, z_test)
             self.say(f"IDRP {model.name}: {time.perf_counter() - t0:.1f}s")
         for budget in self.budgets:
             fits = [e for e in self.idrp if e["bytes"] <= budget]
@@ -292,6 +355,37 @@ class Bench:
                 self.cells["IDRP"][budget] = {"skipped": why}
             else:
                 self.cells["IDRP"][budget] = max(fits, key=lambda e: e["psnr"])
+            fits = [e for e in self.idrp_rate if e["bytes"] <= budget]
+            if not fits:
+                self.cells["IDRP rate"][budget] = {"skipped": "n/a: no model with m >= budget"}
+            else:
+                self.cells["IDRP rate"][budget] = max(fits, key=lambda e: e["psnr"])
+
+    def run_idrp_rate(self, model: IDRP, z_train: Tensor, z_test: Tensor) -> None:
+        """The model's rate codes at each budget its m can spend (m >= budget: at most 8 bits
+        per dimension), and PCA at the same m with the same allocation procedure."""
+        train, test, m = self.split.train, self.split.test, model.config.m
+        for budget in self.budgets:
+            if m < budget:
+                continue  # every dimension at 8 bits already: the int8 row's bytes
+            rc, shipped = idrp_rate_code(model, budget, z_train, train)
+            x_hat = decode_batched(model, rate_stored(z_test, rc), 500).numpy()
+            pca = metrics(test, pca_rate_roundtrip(self.pca(m), train, test, budget))
+            label = f"{model.name} rate{'' if shipped else ' (fitted here)'}"
+            self.idrp_rate.append(
+                scored(
+                    label,
+                    rc.code_bytes,
+                    test,
+                    x_hat,
+                    model=model.name,
+                    m=m,
+                    budget=budget,
+                    shipped=shipped,
+                    dims_with_bits=sum(b > 0 for b in rc.bits),
+                    pca_same_m_psnr=pca["psnr"],
+                )
+            )
 
     def run_pca(self) -> None:
         """PCA at the largest m per dtype; and PCA codes for the recall table at each IDRP m."""
@@ -303,6 +397,9 @@ class Bench:
                 self.cells[f"PCA {dtype}"][budget] = scored(
                     config_label(m, dtype), code_bytes(m, dtype), test, x_hat, m=m, dtype=dtype
                 )
+            m = min(d, 8 * budget)
+            x_hat = pca_rate_roundtrip(self.pca(m), train, test, budget)
+            self.cells["PCA rate"][budget] = scored(f"m={m} rate", budget, test, x_hat, m=m)
         for m in sorted({r["m"] for r in self.recall} or {16}):
             z_train, z_test = pca_codes(self.pca(m), train), pca_codes(self.pca(m), test)
             self.recall += recall_rows(
@@ -327,6 +424,21 @@ class Bench:
                 cell = scored(f"M={budget}x8b{pad}", budget, test, x_hat, fit_s=fit_s, **info)
                 self.cells[row][budget] = cell
                 self.say(f"{row} {budget} B: {cell['psnr']:.2f} dB, {fit_s:.1f}s")
+
+    def run_rq(self, beam: int) -> None:
+        """faiss RQ with M = budget codebooks of 8 bits."""
+        train, test = self.split.train, self.split.test
+        for budget in self.budgets:
+            t0 = time.perf_counter()
+            try:
+                x_hat, nbytes = rq_roundtrip(train, test, budget, beam)
+            except (RuntimeError, ImportError) as err:
+                self.cells["RQ"][budget] = {"skipped": f"{type(err).__name__}: {err}"[:300]}
+                continue
+            fit_s = time.perf_counter() - t0
+            cell = scored(f"RQ{budget}x8 beam {beam}", nbytes, test, x_hat, fit_s=fit_s)
+            self.cells["RQ"][budget] = cell
+            self.say(f"RQ {budget} B: {cell['psnr']:.2f} dB, {fit_s:.1f}s")
 
     def run_raw(self) -> None:
         test, d = self.split.test, self.split.d
@@ -367,6 +479,7 @@ class Bench:
             "budgets": list(self.budgets),
             "models": self.models,
             "idrp_configs": self.idrp,
+            "idrp_rate_configs": self.idrp_rate,
             "cells": {row: {str(b): c for b, c in v.items()} for row, v in self.cells.items()},
             "recall": self.recall,
             "reference": self.reference,
@@ -374,12 +487,19 @@ class Bench:
 
 
 def bench_dataset(
-    name: str, budgets: Sequence[int], weights_dir: Path, opq_niter: int, log: bool = True
+    name: str,
+    budgets: Sequence[int],
+    weights_dir: Path,
+    opq_niter: int,
+    log: bool = True,
+    rq_beam: int = 1,
 ) -> dict[str, Any]:
     b = Bench(datasets.load(name), budgets, log)
     b.run_idrp(weights_where(weights_dir, lambda info: info.get("data") == name))
     b.run_pca()
     b.run_faiss(opq_niter)
+    if rq_beam:
+        b.run_rq(rq_beam)
     b.run_raw()
     b.run_reference(opq_niter)
     return b.report()
@@ -429,6 +549,29 @@ def render_dataset(name: str, r: dict[str, Any]) -> str:
             "\nEvery IDRP config:\n",
             md_table(["model", "dtype", "B/item", "PSNR", "PSNR global"], rows, "llrrr"),
         ]
+    if r.get("idrp_rate_configs"):
+        rows = [
+            [
+                e["config"],
+                e["m"],
+                e["budget"],
+                e["bytes"],
+                e["dims_with_bits"],
+                f"{e['psnr']:.2f}",
+                f"{e['pca_same_m_psnr']:.2f}",
+                f"{e['psnr'] - e['pca_same_m_psnr']:+.2f}",
+            ]
+            for e in r["idrp_rate_configs"]
+        ]
+        out += [
+            "\nEvery IDRP rate code (PSNR), beside PCA at the same m with the same allocation "
+            "procedure (the flow's own gain):\n",
+            md_table(
+                ["model", "m", "budget", "B/item", "dims with bits", "IDRP", "PCA same m", "gain"],
+                rows,
+                "lrrrrrrr",
+            ),
+        ]
     if r.get("reference"):
         rows = [
             [e["method"], f"{e['budget']} B", e["reference_psnr"], _num(e["psnr"])]
@@ -473,7 +616,11 @@ def render(report: dict[str, Any]) -> str:
         "pixels: uniform b-bit levels. Per-item PSNR is capped at 120 dB (metrics' MSE floor), "
         "so near-lossless cells inflate the per-item mean: read the global PSNR there. digits "
         "holds only 17 grey levels (0..16 / 16), which PQ with 1-dimensional subvectors codes "
-        "exactly. The JSON has every config and the skip reasons.",
+        'exactly. IDRP rate: the bank\'s "rate" storage (per-dimension 0-8 bits packed to the '
+        "budget, Lloyd-Max levels; the weights' shipped rate code, else one fitted here on the "
+        "train split); PCA rate: PCA coefs with the same allocation procedure. RQ: faiss "
+        f"residual quantiser, beam {s['rq_beam']}. The JSON has every config and the skip "
+        "reasons.",
     ]
     for name, r in report["datasets"].items():
         parts += ["", render_dataset(name, r)]
@@ -491,6 +638,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--opq-niter", type=int, default=None, help="OPQ alternations (25; --quick 10; faiss 50)"
     )
     p.add_argument("--weights-dir", type=Path, default=ROOT / "weights")
+    p.add_argument("--rq-beam", type=int, default=1, help="RQ beam width (0: no RQ rows)")
     p.add_argument("--threads", type=int, default=1, help="torch, faiss and BLAS threads")
     p.add_argument("--out", type=Path, default=None, help=f"results folder (default {RESULTS})")
     args = p.parse_args(argv)
@@ -505,6 +653,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {
             "budgets": list(budgets),
             "opq_niter": opq_niter,
+            "rq_beam": args.rq_beam,
             "pq_kmeans_niter": 25,
             "threads": args.threads,
             "pixel_bits": list(PIXEL_BITS),
@@ -514,7 +663,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     with threadpool_limits(args.threads):
         for name in data:
-            r = bench_dataset(name, budgets, args.weights_dir, opq_niter)
+            r = bench_dataset(name, budgets, args.weights_dir, opq_niter, rq_beam=args.rq_beam)
             report["datasets"][name] = r
             print("\n" + render_dataset(name, r) + "\n", flush=True)
     report["seconds"] = time.perf_counter() - t0
