@@ -98,10 +98,13 @@ class Quantiser:
         self.width = math.ceil(total / 8)
         start = torch.cumsum(b64, 0) - b64  # (m,) first bit of each dimension
         # Each index lies within 16 bits from its first byte (offset <= 7, bits <= 8).
-        self._byte = torch.where(b64 > 0, start // 8, 0).to(dev)  # (m,); 0-bit: any byte
-        self._shift = (16 - start % 8 - b64).to(dev)  # (m,)
-        self._mask = ((1 << b64) - 1).to(dev)  # (m,)
-        self._row = (torch.arange(self.m) * RATE_LEVELS).to(dev)  # (m,) row offsets in levels
+        # (a 0-bit dimension reads any byte, masked to index 0; the last byte pair of a code
+        # holds its last byte and a zero)
+        byte = torch.where(b64 > 0, start // 8, 0).clamp(max=max(self.width - 1, 0))
+        self._byte = byte.to(dev)  # (m,)
+        self._shift = (16 - (start - 8 * byte) - b64).to(torch.int32).to(dev)  # (m,)
+        self._mask = ((1 << b64) - 1).to(torch.int32).to(dev)  # (m,)
+        self._row = (torch.arange(self.m) * RATE_LEVELS).to(torch.int32).to(dev)  # (m,)
         # Midpoints between consecutive levels, +inf past a dimension's 2^b - 1 (none at 0 bits).
         lv = levels.to(torch.float32)
         mid = (lv[:, 1:] + lv[:, :-1]) / 2  # (m, 255)
@@ -128,7 +131,8 @@ class Quantiser:
     def dequantise(self, c: Tensor) -> Tensor:
         """storage dtype (n, width) -> float32 codes (n, m)."""
         if self.rate_levels is not None:
-            return self.rate_levels.view(-1)[self.unpack(c) + self._row]
+            flat = self._flat_indices(c)  # (n * m,) int32 into the levels table
+            return torch.index_select(self.rate_levels.view(-1), 0, flat).view(c.shape[0], self.m)
         if self.scales is not None:
             return c.to(torch.float32) * self.scales
         return c.to(torch.float32)
@@ -149,11 +153,23 @@ class Quantiser:
 
     def unpack(self, c: Tensor) -> Tensor:
         """rate: packed codes (n, width) uint8 -> level indices (n, m) int64."""
-        n = c.shape[0]
-        wide = torch.zeros(n, self.width + 1, dtype=torch.int64, device=c.device)
+        return ((self._windows(c) >> self._shift) & self._mask).to(torch.int64)
+
+    def _windows(self, c: Tensor) -> Tensor:
+        """The 16 bits from each dimension's first byte on, (n, m) int32: each byte pair is
+        formed once per row (width of them), then gathered per dimension."""
+        wide = torch.zeros(c.shape[0], self.width + 1, dtype=torch.int32, device=c.device)
         wide[:, : self.width] = c
-        word = (wide[:, self._byte] << 8) | wide[:, self._byte + 1]  # (n, m) 16-bit windows
-        return (word >> self._shift) & self._mask
+        pairs = (wide[:, :-1] << 8) | wide[:, 1:]  # (n, width)
+        return pairs[:, self._byte]  # (n, m)
+
+    def _flat_indices(self, c: Tensor) -> Tensor:
+        """Packed codes (n, width) -> row-major indices (n * m,) int32 into levels.view(-1)."""
+        w = self._windows(c)
+        w >>= self._shift
+        w &= self._mask
+        w += self._row
+        return w.view(-1)
 
 
 def _check_scales(scales: Tensor | Sequence[float], m: int, device: torch.device) -> Tensor:

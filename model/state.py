@@ -66,6 +66,8 @@ def rate_problem(bits: Tensor, levels: Tensor, m: int) -> str | None:
     b = bits.detach().to("cpu", torch.int64)
     if bool((b > MAX_RATE_BITS).any()):
         return f"rate_bits exceed {MAX_RATE_BITS}"
+    if int(b.sum()) == 0:
+        return "rate_bits are all 0 (a code of 0 bytes)"
     lv = levels.detach().to("cpu")
     if not all_finite(lv):
         return "rate_levels are not finite"

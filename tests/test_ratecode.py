@@ -103,6 +103,8 @@ def test_bank_quantiser_refuses_bad_code_books() -> None:
         Quantiser("rate", 24, rate=(bits.to(torch.int32), levels))
     with pytest.raises(ValueError, match="rate_bits exceed 8"):
         Quantiser("rate", 24, rate=(torch.full((24,), 9, dtype=torch.uint8), levels))
+    with pytest.raises(ValueError, match="rate_bits are all 0"):
+        Quantiser("rate", 24, rate=(torch.zeros(24, dtype=torch.uint8), levels))
     flipped = levels.clone()
     flipped[0, :2] = flipped[0, :2].flip(0)
     with pytest.raises(ValueError, match="rate_levels are not sorted"):
