@@ -247,7 +247,8 @@ def render(report: dict[str, Any]) -> str:
         f"{mach['loadavg_start'][0]:.1f} at start, {mach['loadavg_end'][0]:.1f} at end "
         "(a shared machine: numbers are the best of a few repeats and move between runs).",
         "",
-        "Top-1 cosine over N random codes (both sides hold the same unit-length float32 matrix); "
+        "Top-1 cosine over N random float32 codes: the bank scans its stored codes with one "
+        "inverse norm per slot, faiss the same codes scaled to unit length (a copy); "
         "the bank's read includes its bookkeeping (counts, ticks, stats). faiss is the pip "
         "faiss-cpu wheel with its defaults (OpenBLAS; batches of 20 or more queries go through "
         "sgemm). Single queries: the bank spends a fixed ~0.1-0.3 ms on about 40 small torch "
