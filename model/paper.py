@@ -174,6 +174,7 @@ class TrainSpec:
     batch_size: int = 256
     lr: float = 1e-3
     seed: int = 0
+    pca_init: bool = True  # False: the paper's identity start
 
 
 def train_idrp(x: np.ndarray, spec: TrainSpec) -> IDRP:
@@ -189,10 +190,12 @@ def train_idrp(x: np.ndarray, spec: TrainSpec) -> IDRP:
         n_blocks=spec.n_blocks,
         predictor_hidden=spec.predictor_hidden,
         seed=spec.seed,
+        pca_init=spec.pca_init,
     )
     model = IDRP(config)
     xt = torch.from_numpy(x)
-    model.fit_pca(xt)
+    if spec.pca_init:
+        model.fit_pca(xt)
     g = torch.Generator().manual_seed(spec.seed)
 
     def batches(n_steps: int) -> Any:
@@ -339,8 +342,8 @@ items = their non-overlapping 8 x 8 patches (d = 64, 1,040 per image), m = 8 kep
 patch; a score is over all of an image's pixels (reconstructions clipped to [0, 1]). IDRP = the
 paper's 4.2 shape: 6 affine couplings, hidden 256, predictor hidden 256, g pre-trained alone
 for {pretrain:,} steps (f frozen), then {steps:,} joint steps of batch 256 (scaled to a few CPU
-minutes per run; no validation, no early stopping); beyond the paper, f starts at PCA and each
-subnet has 1 residual block. 4.1 trains on synthetic patches only ({synthetic:,}): "gauss" =
+minutes per run; no validation, no early stopping); f starts at {start} and each subnet has 1
+residual block (beyond the paper). 4.1 trains on synthetic patches only ({synthetic:,}): "gauss" =
 Gaussian with the mean and covariance of china.jpg's patches, "fields" = 1/f^2 random fields
 with random mean and contrast. 4.2 "paper" trains on the 4 test images' own patches (as the
 paper, whose numbers are training-set fits); "held out" trains on china.jpg's 16,695 patches
@@ -352,7 +355,10 @@ patches (the test items themselves, as the paper's identical 4.1 / 4.2 PCA rows 
 def render(doc: dict[str, Any]) -> str:
     spec = doc["spec"]
     setup = SETUP.format(
-        pretrain=spec["pretrain_steps"], steps=spec["steps"], synthetic=doc["synthetic_items"]
+        pretrain=spec["pretrain_steps"],
+        steps=spec["steps"],
+        synthetic=doc["synthetic_items"],
+        start="PCA" if spec.get("pca_init", True) else "the identity (as the paper)",
     )
     seconds = ", ".join(
         f"{r['experiment']} {r['variant']} {r['train_seconds']:.0f} s" for r in doc["results"]
@@ -372,6 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pretrain-steps", type=int, default=TrainSpec.pretrain_steps)
     p.add_argument("--synthetic-items", type=int, default=20_000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-pca-init", action="store_true", help="f starts at the identity (paper)")
     p.add_argument("--out", default=str(RESULTS / "paper"), help="writes <out>.md and .json")
     p.add_argument("--render", action="store_true", help="only rewrite <out>.md from <out>.json")
     args = p.parse_args(argv)
@@ -380,7 +387,9 @@ def main(argv: list[str] | None = None) -> None:
         out.with_suffix(".md").write_text(render(json.loads(out.with_suffix(".json").read_text())))
         return
     torch.set_num_threads(args.threads)
-    spec = TrainSpec(steps=args.steps, pretrain_steps=args.pretrain_steps)
+    spec = TrainSpec(
+        steps=args.steps, pretrain_steps=args.pretrain_steps, pca_init=not args.no_pca_init
+    )
     results = experiments(spec, args.synthetic_items)
     cmd = "python -m model.paper " + " ".join(sys.argv[1:] if argv is None else argv)
     doc = {

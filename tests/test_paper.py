@@ -58,3 +58,16 @@ def test_untrained_idrp_is_pca_on_its_training_items() -> None:
         paper.image_scores(x, pca.inverse_transform(pca.transform(x))),
     )
     assert ours["psnr"] == pytest.approx(theirs["psnr"], abs=1e-3)
+
+
+def test_the_paper_identity_start_keeps_m_pixels() -> None:
+    """pca_init=False: f is the identity and its fixed permutations, and g predicts 0, so the
+    code is 8 of the patch's pixels, which decode exactly, and the other 56 decode as 0."""
+    x = paper.to_patches(paper.flower_images()[1])
+    model = paper.train_idrp(x, paper.TrainSpec(pretrain_steps=0, steps=0, pca_init=False))
+    assert not model.config.pca_init
+    with torch.no_grad():
+        x_hat = model.decode(model.encode(torch.from_numpy(x))).numpy()
+    kept = [k for k in range(64) if np.array_equal(x_hat[:, k], x[:, k])]
+    assert len(kept) == 8
+    assert not np.delete(x_hat, kept, axis=1).any()
