@@ -58,6 +58,7 @@ from model.idrp import IDRP, CompiledCodec, compile_codec
 from model.lfu import Plan
 from model.memory import Hit, IDRPMemory, Read, Rows, Write
 from model.ops import Op
+from model.ratecode import shipped_rate_code
 from service import texts
 from service.batching import BatchQueue
 from service.persistence import Persistence, Recovery, SnapshotInfo
@@ -89,6 +90,7 @@ class Engine:
         self.persistence: Persistence | None = None
         self.recovery: Recovery | None = None
         self.device = "cpu"
+        self.bank_dtype = "float32"  # MT_BANK_DTYPE, "auto" resolved, once the weights load
         self.texts: texts.TextMemory | None = None
         self._embedder_obj: Any = None
         self.started_at = time.time()
@@ -172,7 +174,11 @@ class Engine:
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)
         model = load_idrp(s.weights, device=device)
-        scales = model.code_scales.detach().clone() if s.bank_dtype == "int8" else None
+        dtype = self.bank_dtype = s.resolved_bank_dtype(model.info)
+        scales = model.code_scales.detach().clone() if dtype == "int8" else None
+        rate = None
+        if dtype == "rate":  # a budget the file does not ship: the start fails, saying so
+            rate = shipped_rate_code(model.info, s.rate_bytes or None)
         self._embedder_obj = self._load_embedder(model.info, device)
 
         def make_bank() -> MemoryBank:
@@ -180,10 +186,11 @@ class Engine:
                 s.capacity,
                 model.config.m,
                 device=device,
-                dtype=s.bank_dtype,
+                dtype=dtype,
                 scales=scales,
                 initial_count=s.initial_count,
                 namespace_quota=s.namespace_quota,
+                rate=rate,
             )
 
         persistence = Persistence(
@@ -232,10 +239,11 @@ class Engine:
     def _warn_kept(self, recovery: Recovery) -> None:
         """The snapshot's dtype and initial_count win over the settings: say so."""
         s, bank = self.settings, recovery.bank
-        if bank.dtype != s.bank_dtype:
+        if bank.dtype != self.bank_dtype:
             recovery.warnings.append(
-                f"the snapshot's bank stores {bank.dtype} codes, MT_BANK_DTYPE={s.bank_dtype}: "
-                f"kept {bank.dtype} (change the dtype with a fresh snapshot folder)"
+                f"the snapshot's bank stores {bank.dtype} codes, MT_BANK_DTYPE={s.bank_dtype} "
+                f"({self.bank_dtype}): kept {bank.dtype} (change the dtype with a fresh "
+                "snapshot folder)"
             )
         if bank.initial_count != s.initial_count:
             recovery.warnings.append(

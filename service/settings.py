@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,8 +55,19 @@ class Settings(BaseSettings):
         default="auto", description="auto (cuda when available), cpu, cuda or cuda:N."
     )
     capacity: int = Field(default=10_000, ge=1, le=100_000_000, description="Slots in the bank.")
-    bank_dtype: BankDtype = Field(
-        default="float32", description="Storage of codes; int8 uses the model's code_scales."
+    bank_dtype: BankDtype | Literal["auto"] = Field(
+        default="auto",
+        description="Storage of codes: float32, float16, int8 (the model's code_scales), rate "
+        "(one of the rate codes the weights ship, MT_RATE_BYTES per item); auto = rate when "
+        "the weights name a default rate code (info rate_default: the storage their card "
+        "scores), else float32.",
+    )
+    rate_bytes: int = Field(
+        default=0,
+        ge=0,
+        le=65_536,
+        description="Bytes per item of a rate bank: one of the weights' rate codes (0 = the "
+        "file's default). Only read when the bank stores rate codes.",
     )
     torch_threads: int = Field(
         default=0,
@@ -211,6 +222,12 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return self.api_key is not None
+
+    def resolved_bank_dtype(self, info: dict[str, Any]) -> str:
+        """MT_BANK_DTYPE with "auto" resolved against the weights' info."""
+        if self.bank_dtype != "auto":
+            return self.bank_dtype
+        return "rate" if isinstance(info.get("rate_default"), str) else "float32"
 
     def resolved_device(self) -> str:
         """The torch device to use: "auto" becomes cuda when available, else cpu."""

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from model.checkpoint import save_idrp
+from model.ratecode import fit_rate_code
 from model.testing import tiny_idrp
 from service.engine import Engine
 from service.settings import Settings
@@ -17,11 +18,16 @@ Items = Callable[..., list[list[float]]]
 
 @pytest.fixture(scope="module")
 def calibrated_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny test model with int8 scales calibrated on items like the test's (as train does)."""
+    """The tiny test model with int8 scales calibrated on items like the test's (as train does)
+    and a 10-byte rate code fitted on their codes, named the file's default (as train
+    --rate-bytes 10 --rate-default 10 does)."""
     model = tiny_idrp(d=64, m=16)
-    model.calibrate_code_scales(torch.rand(512, 64, generator=torch.Generator().manual_seed(0)))
+    x = torch.rand(512, 64, generator=torch.Generator().manual_seed(0))
+    model.calibrate_code_scales(x)
+    rate = fit_rate_code(model.encode(x).numpy(), 10)
+    info = {"rate_codes": {"10B": rate.to_dict()}, "rate_default": "10B"}
     path = tmp_path_factory.mktemp("weights") / "tiny-calibrated.safetensors"
-    save_idrp(model, path)
+    save_idrp(model, path, info=info)
     return path
 
 
@@ -31,7 +37,7 @@ async def started(settings: Settings) -> Engine:
     return engine
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8", "rate"])
 async def test_dtype_round_trips_through_write_read_snapshot_and_wal(
     dtype: str, make_settings: Callable[..., Settings], items: Items, calibrated_weights: Path
 ) -> None:
@@ -67,3 +73,28 @@ async def test_dtype_round_trips_through_write_read_snapshot_and_wal(
         assert (hit.slot, hit.count) == (1, 2)  # the count from the snapshot continues
     finally:
         await engine.stop()
+
+
+async def test_auto_serves_the_storage_the_weights_name(
+    make_settings: Callable[..., Settings], calibrated_weights: Path, tmp_path: Path
+) -> None:
+    """MT_BANK_DTYPE=auto (the default): a file with a rate_default gets a rate bank of that
+    budget; one without gets float32. A budget the file does not ship stops the start."""
+    engine = await started(make_settings(weights=calibrated_weights))
+    try:
+        stats = await engine.stats()
+        assert (stats["bank_dtype"], stats["code_bytes"]) == ("rate", 10)
+    finally:
+        await engine.stop()
+    plain = tmp_path / "plain.safetensors"
+    save_idrp(tiny_idrp(d=64, m=16), plain)
+    engine = await started(make_settings(weights=plain, snapshot_dir=tmp_path / "plain-snaps"))
+    try:
+        assert (await engine.stats())["bank_dtype"] == "float32"
+    finally:
+        await engine.stop()
+    wrong = make_settings(
+        weights=calibrated_weights, bank_dtype="rate", rate_bytes=12, snapshot_dir=tmp_path / "w"
+    )
+    with pytest.raises(ValueError, match=r"rate codes \['10B'\], got '12B'"):
+        await started(wrong)
