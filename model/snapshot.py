@@ -11,8 +11,9 @@ check named.
                initial_count   the bank's (no tensor holds it)
                fingerprint     the codec's: a bank is never decoded by another model
                created_at      ISO 8601, UTC
-               sha256          of the tensors' raw bytes in sorted key order (safetensors
-                               itself does not check its data)
+               sha256          of the tensors' raw bytes in sorted key order, then of the
+                               other metadata but created_at (`content_sha256`;
+                               safetensors checks neither)
                ...             the caller's own keys (e.g. the log position "lsn")
 
 `load` never returns an empty bank in place of a bad file: every failed check raises
@@ -23,6 +24,7 @@ bytes), so nothing reads a snapshot twice.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -125,8 +127,8 @@ def save(
         "initial_count": str(initial_count),
         "fingerprint": fingerprint,
         "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
-        "sha256": tensor_sha256(tensors),
     }
+    metadata["sha256"] = content_sha256(tensors, metadata)
     facts = write_safetensors(path, tensors, metadata)
     return SnapshotFile(facts.path, facts.bytes, facts.sha256, metadata)
 
@@ -178,6 +180,19 @@ def load(
     return bank, SnapshotFile(p, len(data), digest, dict(meta))
 
 
+def content_sha256(tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> str:
+    """The snapshot's checksum. Format 2: of the tensors' raw bytes in sorted key order, then
+    every metadata entry but created_at as sorted JSON, so a damaged initial_count or lsn is
+    refused like a damaged code, and the same state saved twice has the same checksum.
+    Format 1 covered the tensors only (its files still load)."""
+    tensors_digest = tensor_sha256(tensors)
+    if metadata.get("format_version") == "1":
+        return tensors_digest
+    rest = {k: v for k, v in metadata.items() if k not in ("sha256", "created_at")}
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{tensors_digest}|{text}".encode()).hexdigest()
+
+
 def _check_metadata(
     p: Path, meta: Mapping[str, str], tensors: Mapping[str, Tensor], fingerprint: str | None
 ) -> None:
@@ -189,7 +204,7 @@ def _check_metadata(
             f"snapshot {p} has format_version {meta['format_version']!r}, "
             f"expected '1' or {FORMAT_VERSION!r}"
         )
-    if tensor_sha256(tensors) != meta["sha256"]:
+    if content_sha256(tensors, meta) != meta["sha256"]:
         raise SnapshotError(f"snapshot {p}: content checksum mismatch")
     if fingerprint is not None and meta["fingerprint"] != fingerprint:
         raise SnapshotMismatch(

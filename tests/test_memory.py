@@ -16,7 +16,6 @@ from torch import Tensor
 
 from model import search, snapshot
 from model.bank import MemoryBank
-from model.durable import tensor_sha256
 from model.errors import DiskFullError, SlotNotFound, SnapshotError
 from model.memory import IDRPMemory, IDRPReadResult, Read, Write
 from model.ratecode import RateCode, fit_rate_code
@@ -525,7 +524,7 @@ def _snapshot(tmp_path: Path) -> tuple[Path, dict[str, Tensor], dict[str, str]]:
 
 def _rewrite(path: Path, tensors: dict[str, Tensor], meta: dict[str, str]) -> None:
     """Write a snapshot with these tensors and metadata, with a correct checksum."""
-    meta = {**meta, "sha256": tensor_sha256(tensors)}
+    meta = {**meta, "sha256": snapshot.content_sha256(tensors, meta)}
     safetensors.torch.save_file(tensors, str(path), metadata=meta)
 
 
