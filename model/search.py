@@ -124,11 +124,7 @@ def _candidates(
     for start in range(0, n, rows):
         stop = min(start + rows, n)
         r = stop - start
-        c = codes[start:stop]
-        if decode is not None:
-            c = decode(c)  # (r, m) float32
-        elif cast:
-            c = buf[b * rows : b * rows + r * m].view(r, m).copy_(c)
+        c = _as_float(codes[start:stop], buf[b * rows :], decode)
         out = buf[: b * r].view(b, r)
         torch.mm(qs, c.T, out=out)
         out.mul_(inv[start:stop])
@@ -140,6 +136,17 @@ def _candidates(
         return slots[0]
     _, j = _top(torch.cat(values, dim=1), k)
     return torch.gather(torch.cat(slots, dim=1), 1, j)
+
+
+def _as_float(rows: Tensor, buf: Tensor, decode: Callable[[Tensor], Tensor] | None) -> Tensor:
+    """A block of stored codes (r, width) as float32 (r, m): decoded (packed codes), as they
+    are (float32), or cast into the front of buf (float16, int8)."""
+    if decode is not None:
+        return decode(rows)
+    if rows.dtype == torch.float32:
+        return rows
+    r, m = rows.shape
+    return buf[: r * m].view(r, m).copy_(rows)
 
 
 def _buffer(block: list[Tensor], need: int, once: bool, device: torch.device) -> Tensor:
@@ -170,18 +177,15 @@ def _single(
     unless a free slot made the top k (then the top k is taken again, masked)."""
     n, m = codes.shape[0], q.shape[0]
     scores = torch.empty(n, dtype=torch.float32, device=codes.device)
-    if decode is not None:
-        for start in range(0, n, CAST_ROWS):
-            stop = min(start + CAST_ROWS, n)
-            torch.mv(decode(codes[start:stop]), q, out=scores[start:stop])
-    elif codes.dtype == torch.float32:
+    if decode is None and codes.dtype == torch.float32:
         torch.mv(codes, q, out=scores)
     else:
         rows = min(CAST_ROWS, n)
-        buf = _buffer(block, rows * m, rows == n, codes.device)
+        cast = decode is None  # packed codes are decoded into new tensors: no buffer
+        buf = _buffer(block, rows * m, rows == n, codes.device) if cast else scores[:0]
         for start in range(0, n, rows):
             stop = min(start + rows, n)
-            c = buf[: (stop - start) * m].view(stop - start, m).copy_(codes[start:stop])
+            c = _as_float(codes[start:stop], buf, decode)
             torch.mv(c, q, out=scores[start:stop])
     scores.mul_(inv)
     if not zero_free:
