@@ -638,7 +638,7 @@ class MemoryBank:
             "bytes": sum(t.numel() * t.element_size() for t in self._core_tensors().values()),
             "cache_bytes": sum(t.numel() * t.element_size() for t in cache),
             "meta_bytes": self.meta.nbytes(),
-            "namespaces": self.meta.stats(self.occupied, self.counts),
+            "namespaces": self.meta.stats(self.occupied, self.counts, used, count_sum),
             "initial_count": self.initial_count,
             "tick": self.tick,
         }

@@ -168,16 +168,20 @@ class SlotMeta:
 
     # ------------------------------------------------------------------ facts
 
-    def stats(self, occupied: Tensor, counts: Tensor) -> dict[str, dict[str, int]]:
-        """Per namespace with at least one occupied slot: used, pinned, count_sum."""
+    def stats(
+        self, occupied: Tensor, counts: Tensor, total_used: int, total_count: int
+    ) -> dict[str, dict[str, int]]:
+        """Per namespace with at least one occupied slot: used, pinned, count_sum. The bank's
+        totals (total_used, total_count) are the default namespace's while every slot is in
+        it and none is pinned."""
         out: dict[str, dict[str, int]] = {}
         if self._namespace is None and self._pinned is None:  # all default, none pinned
-            n = int(torch.count_nonzero(occupied))
-            if n:  # free slots count 0 (the bank's invariant): no mask, summed in blocks
-                total = sum(
-                    int(counts[s : s + (1 << 16)].sum()) for s in range(0, counts.numel(), 1 << 16)
-                )
-                out[DEFAULT_NAMESPACE] = {"used": n, "pinned": 0, "count_sum": total}
+            if total_used:
+                out[DEFAULT_NAMESPACE] = {
+                    "used": total_used,
+                    "pinned": 0,
+                    "count_sum": total_count,
+                }
             return out
         ids = self.namespace[occupied]
         if not ids.numel():
