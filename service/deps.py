@@ -6,15 +6,15 @@ create_app fills.
 - EngineDep: the app's engine once it is ready; NotReady (503) before that and after a failure.
 - ReadAccess / WriteAccess: the caller's role from its API key (service/auth.py): 401 without a
   valid key, 403 for a read-only key on a route that changes state.
-- WriteBody / ReadBody: the request body, read and parsed here, once (not by FastAPI): 415 for
-  a compressed body; 422 for no body, another media type, invalid UTF-8 or JSON, nesting too
-  deep, an integer over Python's digit limit, or a key given twice; then validated against the
-  app's request models (`app.state.models`: WriteRequest / ReadRequest with this app's
-  MT_MAX_ITEMS, MT_MAX_TOP_K and the weights' d, see schemas.request_models), whose errors
-  errors.py words. A read whose answer could pass MT_MAX_RESPONSE_BYTES is a 413. Routes
-  document their body with `openapi_extra=body_doc(Model)`, a reference to the schema that
-  create_app's OpenAPI document takes from the same models, so the document states this app's
-  limits.
+- The request bodies (in WriteCall / ReadCall and the other *Body dependencies) are read and
+  parsed here, once (not by FastAPI): 415 for a compressed body; 422 for no body, another
+  media type, invalid UTF-8 or JSON, nesting too deep, an integer over Python's digit limit,
+  or a key given twice; then validated against the app's request models (`app.state.models`:
+  WriteRequest / ReadRequest with this app's MT_MAX_ITEMS, MT_MAX_TOP_K and the weights' d,
+  see schemas.request_models), whose errors errors.py words. A read whose answer could pass
+  MT_MAX_RESPONSE_BYTES is a 413. Routes document their body with
+  `openapi_extra=body_doc(Model)`, a reference to the schema that create_app's OpenAPI
+  document takes from the same models, so the document states this app's limits.
 - ReadCall / WriteCall: access, engine and body of the hot routes (/read, /write) as one
   dependency, in the same order.
 - SlotId: the path's slot id, plain decimal digits only (schemas.slot_id), else 422.
@@ -178,16 +178,18 @@ async def _read_body(request: Request) -> ReadRequest:
 
 
 async def _read_call(request: Request) -> tuple[Engine, ReadRequest]:
-    """ReadAccess, EngineDep and ReadBody as one dependency, checked in that order (401,
-    then 503, then the body's 4xx): /read is the hot path, and FastAPI's own work for each
-    declared dependency cost it 12% of its event-loop time (186 -> 163 us per request)."""
+    """ReadAccess, EngineDep and the read body (`_read_body`) as one dependency, checked in
+    that order (401, then 503, then the body's 4xx): /read is the hot path, and FastAPI's own
+    work for each declared dependency cost it 12% of its event-loop time (186 -> 163 us per
+    request)."""
     await authenticate(request)
     engine = ready_engine(request)
     return engine, await _read_body(request)
 
 
 async def _write_call(request: Request) -> tuple[Engine, WriteRequest]:
-    """WriteAccess, EngineDep and WriteBody as one dependency, in that order (as `_read_call`)."""
+    """WriteAccess, EngineDep and the write body as one dependency, in that order (as
+    `_read_call`)."""
     await authorize_write(request)
     engine = ready_engine(request)
     return engine, await _write_body(request)
@@ -222,8 +224,6 @@ async def _namespace(ns: Annotated[str, Path(pattern=f"^{NAMESPACE_PATTERN}$")])
 EngineDep = Annotated[Engine, Depends(_engine)]
 ReadAccess = Annotated[Role, Depends(authenticate)]
 WriteAccess = Annotated[Role, Depends(authorize_write)]
-WriteBody = Annotated[WriteRequest, Depends(_write_body)]
-ReadBody = Annotated[ReadRequest, Depends(_read_body)]
 ReadCall = Annotated[tuple[Engine, ReadRequest], Depends(_read_call)]
 WriteCall = Annotated[tuple[Engine, WriteRequest], Depends(_write_call)]
 RememberBody = Annotated[RememberRequest, Depends(_remember_body)]
