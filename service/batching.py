@@ -7,10 +7,13 @@ its own answer or error. The handler takes the requests' payloads in queue order
 one answer per payload: a value, or the exception that refused that request alone. An
 exception raised by the handler itself fails every request of the batch.
 
-Waiting for company. With `wait_s` > 0 the worker waits that long before taking a batch, but
-only when requests come concurrently (the last batch held several requests, or several are
-queued now): a lone request runs at once. Reads wait (MT_BATCH_WAIT_MS); writes do not (a
-group forms while the previous one runs).
+Waiting for company. With `wait_s` > 0 the worker may wait before taking a batch, only when
+requests come concurrently (the last batch held several requests, or several are queued now):
+a lone request runs at once. It waits until as many requests are queued as the last batch held
+(at least two), or the rows reach `limit`, or `wait_s` has passed, whichever comes first: under
+a steady load of c clients a batch starts as soon as the c-th request arrives, not after the
+whole window (a fixed 1 ms sleep left the event loop idle for it, bench/results/http.md). Reads
+wait (MT_BATCH_WAIT_MS); writes do not (a group forms while the previous one runs).
 
 Requests cancelled while they wait are dropped before the batch runs: never run, never
 acknowledged.
@@ -74,13 +77,19 @@ class BatchQueue(Generic[P, A]):
         self._wakeup = asyncio.Event()
         self._closing = False
         self._last_requests = 0
+        self._queued_rows = 0
+        self._company: asyncio.Future[None] | None = None  # set while the worker waits
+        self._company_size = 0
         self._worker = asyncio.create_task(self._loop(), name=name)
 
     async def submit(self, payload: P, rows: int) -> A:
         """Queue one request of `rows` rows and wait for its answer (or its error)."""
         future: asyncio.Future[A] = asyncio.get_running_loop().create_future()
         self._jobs.append(_Job(payload, rows, future))
+        self._queued_rows += rows
         self._wakeup.set()
+        if self._company is not None and self._has_company():
+            self._end_wait()
         return await future
 
     async def close(self) -> None:
@@ -98,13 +107,35 @@ class BatchQueue(Generic[P, A]):
                     return
                 continue
             concurrent = self._last_requests > 1 or len(self._jobs) > 1
-            if self._wait_s > 0 and concurrent and sum(j.rows for j in self._jobs) < self._limit:
-                await asyncio.sleep(self._wait_s)  # let concurrent requests join this batch
+            if self._wait_s > 0 and concurrent:
+                await self._wait_for_company()
             jobs = self._take()
             self._last_requests = len(jobs)
             await self._settle(jobs)
             if self._jobs:
                 self._wakeup.set()
+
+    async def _wait_for_company(self) -> None:
+        """Wait until `_has_company` or wait_s has passed: one future and one timer per batch,
+        resolved by whichever of `submit` and the timer comes first."""
+        self._company_size = max(self._last_requests, 2)
+        if self._has_company():
+            return
+        loop = asyncio.get_running_loop()
+        self._company = loop.create_future()
+        timer = loop.call_later(self._wait_s, self._end_wait)
+        try:
+            await self._company
+        finally:
+            timer.cancel()
+            self._company = None
+
+    def _has_company(self) -> bool:
+        return len(self._jobs) >= self._company_size or self._queued_rows >= self._limit
+
+    def _end_wait(self) -> None:
+        if self._company is not None and not self._company.done():
+            self._company.set_result(None)
 
     def _take(self) -> list[_Job[P, A]]:
         """The first queued job, then each next one while the batch stays within the limit."""
@@ -113,6 +144,7 @@ class BatchQueue(Generic[P, A]):
         while self._jobs and size + self._jobs[0].rows <= self._limit:
             jobs.append(self._jobs.popleft())
             size += jobs[-1].rows
+        self._queued_rows -= size
         return jobs
 
     def _count(self, answered: list[_Job[P, A]]) -> None:

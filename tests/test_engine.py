@@ -20,6 +20,7 @@ from model.bank import WriteResult
 from model.errors import CheckpointError, DiskFullError, InvalidInput, NotReady, SlotNotFound
 from model.idrp import CompiledCodec
 from model.memory import Hit
+from service.batching import BatchQueue
 from service.engine import Engine
 from service.settings import Settings
 
@@ -133,20 +134,17 @@ async def test_a_bad_request_fails_alone_in_its_batch(
 async def test_a_lone_read_does_not_wait_for_company(
     make_settings: Callable[..., Settings], items: Items, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Counted, not timed: the batch loop waits for company with asyncio.sleep(batch_wait_ms), so
-    # a recording sleep (which still sleeps) tells which reads waited, however slow the machine.
-    settings = make_settings(batch_wait_ms=250)
-    wait_s = settings.batch_wait_ms / 1000
-    waits: list[float] = []
-    real_sleep = asyncio.sleep
+    # Counted, not timed: a recording wrapper around the batch loop's real wait tells which
+    # reads waited, however slow the machine.
+    waits: list[int] = []
+    real_wait = BatchQueue._wait_for_company
 
-    def recording_sleep(delay: float, *args: Any, **kwargs: Any) -> Any:
-        if delay == wait_s:
-            waits.append(delay)
-        return real_sleep(delay, *args, **kwargs)
+    async def recording_wait(self: BatchQueue[Any, Any]) -> None:
+        waits.append(len(self._jobs))
+        await real_wait(self)
 
-    monkeypatch.setattr(asyncio, "sleep", recording_sleep)
-    engine = await started(settings)
+    monkeypatch.setattr(BatchQueue, "_wait_for_company", recording_wait)
+    engine = await started(make_settings(batch_wait_ms=250))
     try:
         await engine.write(items(1))
 
@@ -160,6 +158,32 @@ async def test_a_lone_read_does_not_wait_for_company(
         assert (await engine.stats())["batching"]["largest"] == 3
         assert await waits_of_a_lone_read() == 1  # reads came concurrently just before: it waits
         assert await waits_of_a_lone_read() == 0  # the last batch held one request: no wait
+    finally:
+        await engine.stop()
+
+
+async def test_a_batch_starts_when_its_expected_company_has_come(
+    make_settings: Callable[..., Settings], items: Items
+) -> None:
+    # After a batch of 3, three reads that arrive 20 ms apart form the next batch, which
+    # starts once the third is queued: the window is 60 s, so a batch that waited it out
+    # would fail the elapsed-time check and pass the test's timeout.
+    engine = await started(make_settings(batch_wait_ms=1000))
+    engine._reads._wait_s = 60.0  # over the setting's bound, to make a missed wake-up obvious
+    try:
+        await engine.write(items(1))
+        await asyncio.gather(*(engine.read(items(1, seed=i)) for i in range(3)))  # queued at once
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        reads = []
+        for i in range(3):
+            reads.append(asyncio.ensure_future(engine.read(items(1, seed=10 + i))))
+            await asyncio.sleep(0.02)
+        answers = await asyncio.gather(*reads)
+        assert loop.time() - t0 < 30.0
+        assert [len(a) for a in answers] == [1, 1, 1]
+        stats = (await engine.stats())["batching"]
+        assert (stats["batches"], stats["queries"], stats["largest"]) == (2, 6, 3)
     finally:
         await engine.stop()
 
