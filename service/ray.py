@@ -23,6 +23,8 @@ from pathlib import Path
 import ray
 from ray import serve
 
+from model.errors import RecoveryError
+from service.scale import layout
 from service.scale.app import APP_NAME, build
 from service.settings import REPO_ROOT, Settings, get_settings
 
@@ -49,7 +51,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def start(settings: Settings, args: argparse.Namespace) -> None:
-    """Connect to (or start) Ray, start Serve's proxy on MT_HOST:MT_PORT, deploy the app."""
+    """Refuse a snapshot folder written with another --shards (service/scale/layout.py), then
+    connect to (or start) Ray, start Serve's proxy on MT_HOST:MT_PORT, deploy the app."""
+    layout.check(Path(settings.snapshot_dir), args.shards)
     pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
     init: dict[str, object] = {
         "runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}},
@@ -80,7 +84,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     settings = get_settings()
     logging.basicConfig(level=settings.log_level.upper() if settings.log_level != "trace" else 5)
-    start(settings, args)
+    try:
+        start(settings, args)
+    except RecoveryError as e:
+        log.error("exiting: the bank could not start: %s", e)
+        raise SystemExit(1) from None
     log.info(
         "serving %d shards on http://%s:%d (Ctrl-C stops)",
         args.shards,

@@ -119,7 +119,7 @@ def build(
             max_ongoing_requests=CONCURRENCY,
             ray_actor_options=actor,
         )
-        .bind(settings, i)
+        .bind(settings, i, shards)
         for i in range(shards)
     ]
     options = ShardOptions(shards=shards, timeout_s=shard_timeout_s)

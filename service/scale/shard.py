@@ -1,6 +1,7 @@
 """One bank shard: a Ray Serve deployment around the single-process engine (service/engine.py),
 with its own bank of capacity MT_CAPACITY, its own snapshot folder MT_SNAPSHOT_DIR/shard-<i>
-and its own write-ahead log (service/persistence.py, unchanged). Its constructor starts the
+(claimed for shard i of N: service/scale/layout.py) and its own write-ahead log
+(service/persistence.py, unchanged). Its constructor starts the
 engine, which recovers the bank from the newest valid snapshot + the WAL, so a replica Ray
 restarts after a crash serves nothing before it holds every acknowledged write again.
 
@@ -22,6 +23,7 @@ from model.lfu import Plan
 from model.memory import Rows
 from service.engine import Engine
 from service.persistence import SnapshotInfo
+from service.scale.layout import claim
 from service.scale.merge import Route, Searched, Touched
 from service.settings import Settings
 
@@ -63,9 +65,11 @@ def _counters(bank: MemoryBank) -> dict[str, Any]:
 class Shard:
     """Engine(shard settings) as a deployment; one replica per shard (it owns the bank)."""
 
-    async def __init__(self, settings: Settings, index: int) -> None:  # type: ignore[misc]
+    async def __init__(self, settings: Settings, index: int, shards: int) -> None:  # type: ignore[misc]
         self.index = index
-        self.engine = Engine(shard_settings(settings, index))
+        mine = shard_settings(settings, index)
+        claim(Path(mine.snapshot_dir), index, shards)  # before recovery reads anything
+        self.engine = Engine(mine)
         await self.engine.start()  # recovers snapshot + WAL before the replica serves
 
     async def check_health(self) -> None:
@@ -73,7 +77,8 @@ class Shard:
             raise NotReady(f"shard {self.index} is {self.engine.state}")
 
     async def __del__(self) -> None:
-        await self.engine.stop()  # drains the queues, snapshots, closes the WAL
+        if hasattr(self, "engine"):  # not when the constructor refused the folder
+            await self.engine.stop()  # drains the queues, snapshots, closes the WAL
 
     async def route(self) -> Route:
         return await self.engine.inspect(_route)
