@@ -1,5 +1,6 @@
-"""Text memory end to end (issue 11): `python -m service` (real uvicorn, the shipped text codec
-minilm-bible-m48 and the real embedder) remembers 1,000 Bible verses (KJV) in two namespaces,
+"""Text memory end to end (issue 11): `python -m service` (real uvicorn, the text codec the
+README recommends, minilm-text-m192-rate, stored as its default 48-byte rate codes, and the
+real embedder) remembers 1,000 Bible verses (KJV) in two namespaces,
 recalls each by its paraphrase (the same verse in the WEB translation, never seen in
 training), forgets one namespace without touching the other, and after kill -9 serves the
 texts, payloads and namespaces it acknowledged."""
@@ -17,7 +18,7 @@ from service.client import MemoryTransitClient
 from tests.test_e2e import free_port, server, server_env, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
-WEIGHTS = REPO / "weights" / "minilm-bible-m48.safetensors"
+WEIGHTS = REPO / "weights" / "minilm-text-m192-rate.safetensors"
 N, BATCH = 1000, 100
 
 
@@ -87,6 +88,7 @@ def test_remember_recall_forget_and_survive_kill_9(tmp_path: Path) -> None:
         wait_ready(mt, proc, log)
         stats = http.get("/stats").json()
         assert stats["used"] == half and stats["recovery"]["replayed"] > 0
+        assert (stats["bank_dtype"], stats["code_bytes"]) == ("rate", 48)
         assert http.get("/namespaces").json()["namespaces"]["beta"]["used"] == half
         assert "alpha" not in http.get("/namespaces").json()["namespaces"]
         for i in (half, half + 7, N - 1):
