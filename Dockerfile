@@ -68,7 +68,8 @@ ENV PATH=/opt/venv/bin:${PATH} \
     WEB_CONCURRENCY=1 \
     MT_HOST=0.0.0.0 \
     MT_PORT=8000 \
-    MT_SNAPSHOT_DIR=/data
+    MT_SNAPSHOT_DIR=/data \
+    NUMBA_CACHE_DIR=/tmp/numba-cache
 
 WORKDIR /app
 # Code and weights stay owned by root: the service only writes under /data.

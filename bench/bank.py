@@ -5,7 +5,8 @@
 Both sides search the same unit-length float32 codes for the top-1 inner product (= cosine).
 The bank's read also does its bookkeeping (counts, ticks, hit/miss stats), faiss only searches.
 Then, per storage dtype at 1M slots, a single read against the bandwidth floor of the bytes
-its scan reads, and 256-query reads against faiss.
+its scan reads, and 256-query reads against faiss; and, per shipped rate codec at 10k and 100k
+slots, the single-query scan of packed codes with and without model/ratescan.py's kernel.
 Each number is the best of a few time-bounded repeats (the machine may be shared), with the
 median kept in the JSON. Writes bench/results/bank.md and bench/results/bank.json.
 """
@@ -38,8 +39,13 @@ import torch
 from bench import common
 from model import snapshot
 from model.bank import MemoryBank
+from model.checkpoint import load_idrp
+from model.ratecode import shipped_rate_code
+from model.search import inverse_norms, search
 
 ROOT = Path(__file__).resolve().parents[1]
+# Shipped codecs whose default storage is packed rate codes (weights/README.md)
+RATE_FILES = ("minilm-text-m192-rate", "mnist-m256-rate", "mnist-m384-rate")
 
 
 def timings(
@@ -196,6 +202,89 @@ def bench_dtypes(n: int, m: int, reps: int, budget_s: float) -> list[dict[str, A
     return results
 
 
+def _scan(bank: MemoryBank, q: torch.Tensor, kernel: bool) -> torch.Tensor:
+    """The slots (1, 10) of bench_rate's scan: with the kernel, or decoding every block."""
+    qn = q * inverse_norms(q).unsqueeze(1)
+    quant = bank.quant
+    found = search(
+        qn,
+        bank.codes,
+        quant.dequantise,
+        None,
+        bank._inv,
+        bank.occupied,
+        10,
+        None,
+        [],
+        decode=quant.dequantise,
+        dot=quant.dot if kernel else None,
+    )
+    return found[0]
+
+
+def bench_rate(sizes: list[int], reps: int, budget_s: float) -> list[dict[str, Any]]:
+    """Single-query scans of packed rate codes, top 10, per shipped rate codec at N slots: the
+    scan through model/ratescan.py's kernel against the same scan decoding every block (the
+    path before the kernel, and the one batches take), both via model.search.search over the
+    bank's own buffers; the whole bank.read; the same codes stored as int8; and the floor of
+    the bytes the kernel reads (packed codes + inverse norms). Random codes at the codec's
+    per-dimension scales."""
+    rows = []
+    for name in RATE_FILES:
+        model = load_idrp(ROOT / "weights" / f"{name}.safetensors")
+        rc, m = shipped_rate_code(model.info), model.config.m
+        spread = model.code_scales.detach() * 30  # typical codes: max |z| is 127 scales
+        for n in sizes:
+            g = torch.Generator().manual_seed(3)
+            z = torch.randn(n, m, generator=g) * spread
+            rate = MemoryBank(n, m, dtype="rate", rate=rc)
+            rate.assign(torch.arange(n), z)
+            int8 = MemoryBank(n, m, dtype="int8", scales=model.code_scales.detach())
+            int8.assign(torch.arange(n), z)
+            pool = torch.randn(64, m, generator=g) * spread
+
+            same = [
+                torch.equal(_scan(rate, q[None], True), _scan(rate, q[None], False))
+                for q in pool[:8]
+            ]
+            assert all(same), "the kernel and the decoding scan disagree"
+            scanned = rate.codes.numel() + n * 4
+            floor_buf = torch.randn(scanned // 4, generator=g)
+            t = timings(
+                [
+                    _cycle(partial(_scan, rate, kernel=True), pool, 1),
+                    _cycle(partial(_scan, rate, kernel=False), pool, 1),
+                    _cycle(partial(rate.read, top_k=10), pool, 1),
+                    _cycle(partial(int8.read, top_k=10), pool, 1),
+                    partial(torch.sum, floor_buf),
+                ],
+                min_reps=reps,
+                budget_s=budget_s,
+            )
+            kernel_t, decoded_t, read_t, int8_t, floor_t = (1e3 * min(x) for x in t)
+            r = {
+                "codec": name,
+                "N": n,
+                "m": m,
+                "code_bytes": rc.code_bytes,
+                "kernel_ms": kernel_t,
+                "decoded_ms": decoded_t,
+                "read_ms": read_t,
+                "int8_read_ms": int8_t,
+                "floor_ms": floor_t,
+                "scanned_bytes": scanned,
+            }
+            r["speedup"] = decoded_t / kernel_t
+            rows.append(r)
+            print(
+                f"| {name} | {rc.code_bytes} | {n:,} | {kernel_t:.2f} | {decoded_t:.2f} "
+                f"| {r['speedup']:.1f} | {read_t:.2f} | {int8_t:.2f} | {floor_t:.3f} "
+                f"| {kernel_t / floor_t:.0f} |",
+                flush=True,
+            )
+    return rows
+
+
 def bench_snapshot(n: int, m: int, reps: int) -> dict[str, Any]:
     bank = make_bank(n, m, seed=7)
     bank.read(torch.randn(256, m))
@@ -306,6 +395,32 @@ def render(report: dict[str, Any]) -> str:
                 f"| {r['read256_qps']:,.0f} | {r['faiss256_qps']:,.0f} "
                 f"| {r['read256_over_faiss']:.1f} |"
             )
+    if report.get("rate"):
+        lines += [
+            "",
+            "## Packed rate codes: one query, top 10",
+            "",
+            "The shipped rate codecs at their default budget, random codes at each codec's "
+            "scales. kernel = the single-query scan over the packed bytes "
+            "(model/ratescan.py: per code and dimension, an index from its 16-bit window and a "
+            "look-up in a per-query table), decoding = the same scan unpacking and decoding "
+            "every block, then a matrix-vector product (before the kernel; batches still do "
+            "this, one matrix product for all their queries); both through "
+            "`model.search.search`, with the same answers. read = the whole `bank.read` "
+            "(kernel, bookkeeping); int8 = the same codes stored as int8 (m bytes); floor = "
+            "one `torch.sum` over the bytes the kernel reads.",
+            "",
+            "| codec | B/code | N | kernel ms | decoding ms | speed-up | read ms | int8 read ms "
+            "| floor ms | kernel / floor |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in report["rate"]:
+            lines.append(
+                f"| {r['codec']} | {r['code_bytes']} | {r['N']:,} | {r['kernel_ms']:.2f} "
+                f"| {r['decoded_ms']:.2f} | {r['speedup']:.1f} | {r['read_ms']:.2f} "
+                f"| {r['int8_read_ms']:.2f} | {r['floor_ms']:.3f} "
+                f"| {r['kernel_ms'] / r['floor_ms']:.0f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -314,7 +429,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--quick", action="store_true", help="N up to 100k, fewer repeats (about 30 s)"
+        "--quick", action="store_true", help="N up to 100k, fewer repeats (about a minute)"
     )
     parser.add_argument(
         "--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch and faiss threads"
@@ -355,6 +470,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "| faiss 256 q/s | bank/faiss |\n|---|---:|---:|---:|---:|---:|---:|---:|"
     )
     report["dtypes"] = bench_dtypes(dtype_n, 16, reps, budget_s)
+    print(
+        "\n| codec | B/code | N | kernel ms | decoding ms | speed-up | read ms | int8 read ms "
+        "| floor ms | kernel/floor |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    report["rate"] = bench_rate([10_000, 100_000], reps, budget_s)
     report["machine"]["loadavg_end"] = list(os.getloadavg())
 
     args.out.mkdir(parents=True, exist_ok=True)

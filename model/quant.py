@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from model.ratescan import rate_dot
 from model.search import all_finite
 from model.state import DTYPES, INT8_MAX, RATE_LEVELS, rate_problem
 
@@ -138,6 +139,13 @@ class Quantiser:
         return c.to(torch.float32)
 
     # ------------------------------------------------------------------ rate codes
+
+    def dot(self, c: Tensor, q: Tensor, out: Tensor) -> None:
+        """rate, on the CPU: out (n,) = q (m,) . dequantise(c) for packed codes c (n, width),
+        computed from the packed bytes (model/ratescan.py), 4x faster than decoding them."""
+        if self.rate_levels is None:
+            raise ValueError(f"expected a rate quantiser, got dtype {self.dtype!r}")
+        rate_dot(c, q, self.rate_levels, self._byte, self._shift, self._mask, out)
 
     def indices(self, z: Tensor) -> Tensor:
         """rate: float32 codes (n, m) -> level indices (n, m) int64 (0 for 0-bit dimensions)."""

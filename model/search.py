@@ -29,6 +29,7 @@ __all__ = ["all_finite", "inverse_norms", "rank_in_order", "search", "unit_rows"
 # cache between the matrix product and the top-k that consumes it, and the buffer stays small at
 # any N.
 BLOCK_ELEMENTS = 1 << 20
+Dot = Callable[[Tensor, Tensor, Tensor], None]  # (codes (N, width), q (m,), out (N,)) -> None
 # Rows per block of a single query over codes that need a cast (float16, int8): the cast block
 # (rows x m float32) stays in L2. Measured on the 2-core Xeon at 1M x 16: 16k rows 2.4 ms, 4k
 # 4-5 ms, 64k 2.9-3.2 ms. float32 codes are not cast: one product over all rows (a
@@ -104,14 +105,16 @@ def _candidates(
     block: list[Tensor],
     zero_free: bool,
     decode: Callable[[Tensor], Tensor] | None = None,
+    dot: Dot | None = None,
 ) -> Tensor:
     """Slots (B, k) of the top k (<= N) scores of queries qs (B, m) (unit, times the scales)
     over codes (N, width) in their storage dtype: score = qs . code * inv, -inf where not
     allowed. `block` holds a reusable float32 buffer (empty list: none yet). zero_free: the
     slots not allowed are exactly the free ones, which score 0 (inverse norm 0, see
-    `_single`). decode: rows of packed codes -> float32 (rows, m), called per block."""
+    `_single`). decode: rows of packed codes -> float32 (rows, m), called per block. dot: the
+    single-query scores of packed codes, without decoding them."""
     if qs.shape[0] == 1:
-        return _single(qs[0], codes, inv, allowed, k, block, zero_free, decode)
+        return _single(qs[0], codes, inv, allowed, k, block, zero_free, decode, dot)
     b, n, m = qs.shape[0], codes.shape[0], qs.shape[1]
     cast = decode is None and codes.dtype != torch.float32
     rows = max(k, BLOCK_ELEMENTS // b)
@@ -166,11 +169,12 @@ def _single(
     block: list[Tensor],
     zero_free: bool,
     decode: Callable[[Tensor], Tensor] | None = None,
+    dot: Dot | None = None,
 ) -> Tensor:
     """One query (m,): every score into one (N,) vector, one product with the inverse norms,
     one top-k; (1, k) slots. float32 codes take one matrix-vector product; float16 and int8
-    are cast CAST_ROWS rows at a time into a buffer that stays in L2; packed codes are
-    decoded CAST_ROWS rows at a time.
+    are cast CAST_ROWS rows at a time into a buffer that stays in L2; packed codes are scored
+    by `dot` when given (model/ratescan.py), else decoded CAST_ROWS rows at a time.
 
     With zero_free the free-slot mask is applied only when needed: a free slot scores exactly
     0 and cannot outrank an occupied slot of positive score, so the mask pass is skipped
@@ -179,6 +183,8 @@ def _single(
     scores = torch.empty(n, dtype=torch.float32, device=codes.device)
     if decode is None and codes.dtype == torch.float32:
         torch.mv(codes, q, out=scores)
+    elif dot is not None:
+        dot(codes, q, scores)
     else:
         rows = min(CAST_ROWS, n)
         cast = decode is None  # packed codes are decoded into new tensors: no buffer
@@ -209,6 +215,7 @@ def search(
     block: list[Tensor],
     zero_free: bool = False,
     decode: Callable[[Tensor], Tensor] | None = None,
+    dot: Dot | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The best k (<= N) allowed slots for unit queries qn (B, m), best first, ties by lower
     slot: (slots, scores, valid), each (B, k). codes (N, m) are the stored codes, `dequantise`
@@ -217,9 +224,10 @@ def search(
     the slot is not allowed or its exact score is below min_score (those entries sort last).
     zero_free: the slots not allowed are the free ones, and their inverse norms are zero.
     decode: for packed codes (N, width), the block dequantiser (= `dequantise`) the scan uses
-    instead of a cast."""
+    instead of a cast; dot(codes, q, out): for packed codes, one query's scores q . dequantised
+    code into out (N,), which a single-query scan uses instead of decoding."""
     qs = qn if scales is None else qn * scales
-    cand = _candidates(qs, codes, inv, allowed, k, block, zero_free, decode)  # (B, k)
+    cand = _candidates(qs, codes, inv, allowed, k, block, zero_free, decode, dot)  # (B, k)
     # Exact per-pair scores, independent of batch size and blocking; a cosine of unit rows
     # can round past +-1 (1.0000001): clipped, so a score is always in [-1, 1].
     unit = unit_rows(dequantise(codes[cand.reshape(-1)])).view(*cand.shape, -1)  # (B, k, m)
