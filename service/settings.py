@@ -171,9 +171,9 @@ class Settings(BaseSettings):
         default=1.0,
         ge=0,
         le=1000,
-        description="How long a read batch waits for more requests when reads come concurrently "
-        "(the previous batch held several requests, or several are queued); a lone read runs at "
-        "once.",
+        description="The longest a read batch waits for more requests when reads come "
+        "concurrently (the previous batch held several requests, or several are queued); it "
+        "starts as soon as as many are queued as the last batch held; a lone read runs at once.",
     )
 
     @field_validator("device")
