@@ -6,7 +6,7 @@ Both sides search the same unit-length float32 codes for the top-1 inner product
 The bank's read also does its bookkeeping (counts, ticks, hit/miss stats), faiss only searches.
 Then, per storage dtype at 1M slots, a single read against the bandwidth floor of the bytes
 its scan reads, and 256-query reads against faiss; and, per shipped rate codec at 10k and 100k
-slots, the single-query scan of packed codes with and without model/ratescan.py's kernel.
+slots, the single-query scan of packed codes with and without model/scan.py's kernel.
 Each number is the best of a few time-bounded repeats (the machine may be shared), with the
 median kept in the JSON. Writes bench/results/bank.md and bench/results/bank.json.
 """
@@ -224,7 +224,7 @@ def _scan(bank: MemoryBank, q: torch.Tensor, kernel: bool) -> torch.Tensor:
 
 def bench_rate(sizes: list[int], reps: int, budget_s: float) -> list[dict[str, Any]]:
     """Single-query scans of packed rate codes, top 10, per shipped rate codec at N slots: the
-    scan through model/ratescan.py's kernel against the same scan decoding every block (the
+    scan through model/scan.py's kernel against the same scan decoding every block (the
     path before the kernel, and the one batches take), both via model.search.search over the
     bank's own buffers; the whole bank.read; the same codes stored as int8; and the floor of
     the bytes the kernel reads (packed codes + inverse norms). Random codes at the codec's
@@ -402,7 +402,7 @@ def render(report: dict[str, Any]) -> str:
             "",
             "The shipped rate codecs at their default budget, random codes at each codec's "
             "scales. kernel = the single-query scan over the packed bytes "
-            "(model/ratescan.py: per code and dimension, an index from its 16-bit window and a "
+            "(model/scan.py: per code and dimension, an index from its 16-bit window and a "
             "look-up in a per-query table), decoding = the same scan unpacking and decoding "
             "every block, then a matrix-vector product (before the kernel; batches still do "
             "this, one matrix product for all their queries); both through "

@@ -340,7 +340,7 @@ class MemoryBank:
             self._blocks,
             zero_free=namespace is None,  # free slots score 0: inverse norm 0 (`_free`)
             decode=self.quant.dequantise if self.quant.packed else None,
-            dot=self.quant.dot if self.quant.packed and self.device.type == "cpu" else None,
+            dot=self.quant.dot if self.quant.has_dot and self.device.type == "cpu" else None,
         )
         slots = torch.full((b, k), -1, dtype=torch.int64, device=dev)
         out_scores = torch.zeros((b, k), dtype=torch.float32, device=dev)

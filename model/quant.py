@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from model.ratescan import rate_dot
+from model.scan import int8_dot, rate_dot
 from model.search import all_finite
 from model.state import DTYPES, INT8_MAX, RATE_LEVELS, rate_problem
 
@@ -138,14 +138,23 @@ class Quantiser:
             return c.to(torch.float32) * self.scales
         return c.to(torch.float32)
 
-    # ------------------------------------------------------------------ rate codes
+    @property
+    def has_dot(self) -> bool:
+        """Whether `dot` has a compiled kernel for this dtype (int8, rate)."""
+        return self.dtype in ("int8", "rate")
 
     def dot(self, c: Tensor, q: Tensor, out: Tensor) -> None:
-        """rate, on the CPU: out (n,) = q (m,) . dequantise(c) for packed codes c (n, width),
-        computed from the packed bytes (model/ratescan.py), 4x faster than decoding them."""
-        if self.rate_levels is None:
-            raise ValueError(f"expected a rate quantiser, got dtype {self.dtype!r}")
-        rate_dot(c, q, self.rate_levels, self._byte, self._shift, self._mask, out)
+        """On the CPU, one query's inner products with stored codes c (n, width), in one
+        compiled pass (model/scan.py): out (n,) = q . dequantise(c) for rate codes, q . c for
+        int8 codes (the scan folds the scales into q, as for its matrix products)."""
+        if self.rate_levels is not None:
+            rate_dot(c, q, self.rate_levels, self._byte, self._shift, self._mask, out)
+        elif self.dtype == "int8":
+            int8_dot(c, q, out)
+        else:
+            raise ValueError(f"expected an int8 or rate quantiser, got dtype {self.dtype!r}")
+
+    # ------------------------------------------------------------------ rate codes
 
     def indices(self, z: Tensor) -> Tensor:
         """rate: float32 codes (n, m) -> level indices (n, m) int64 (0 for 0-bit dimensions)."""

@@ -111,8 +111,8 @@ def _candidates(
     over codes (N, width) in their storage dtype: score = qs . code * inv, -inf where not
     allowed. `block` holds a reusable float32 buffer (empty list: none yet). zero_free: the
     slots not allowed are exactly the free ones, which score 0 (inverse norm 0, see
-    `_single`). decode: rows of packed codes -> float32 (rows, m), called per block. dot: the
-    single-query scores of packed codes, without decoding them."""
+    `_single`). decode: rows of packed codes -> float32 (rows, m), called per block. dot: a
+    compiled single-query scan of the stored codes (int8, packed)."""
     if qs.shape[0] == 1:
         return _single(qs[0], codes, inv, allowed, k, block, zero_free, decode, dot)
     b, n, m = qs.shape[0], codes.shape[0], qs.shape[1]
@@ -173,18 +173,18 @@ def _single(
 ) -> Tensor:
     """One query (m,): every score into one (N,) vector, one product with the inverse norms,
     one top-k; (1, k) slots. float32 codes take one matrix-vector product; float16 and int8
-    are cast CAST_ROWS rows at a time into a buffer that stays in L2; packed codes are scored
-    by `dot` when given (model/ratescan.py), else decoded CAST_ROWS rows at a time.
+    are cast CAST_ROWS rows at a time into a buffer that stays in L2 and packed codes decoded
+    CAST_ROWS rows at a time, unless `dot` scores them in one compiled pass (model/scan.py).
 
     With zero_free the free-slot mask is applied only when needed: a free slot scores exactly
     0 and cannot outrank an occupied slot of positive score, so the mask pass is skipped
     unless a free slot made the top k (then the top k is taken again, masked)."""
     n, m = codes.shape[0], q.shape[0]
     scores = torch.empty(n, dtype=torch.float32, device=codes.device)
-    if decode is None and codes.dtype == torch.float32:
-        torch.mv(codes, q, out=scores)
-    elif dot is not None:
+    if dot is not None:
         dot(codes, q, scores)
+    elif decode is None and codes.dtype == torch.float32:
+        torch.mv(codes, q, out=scores)
     else:
         rows = min(CAST_ROWS, n)
         cast = decode is None  # packed codes are decoded into new tensors: no buffer
@@ -224,8 +224,9 @@ def search(
     the slot is not allowed or its exact score is below min_score (those entries sort last).
     zero_free: the slots not allowed are the free ones, and their inverse norms are zero.
     decode: for packed codes (N, width), the block dequantiser (= `dequantise`) the scan uses
-    instead of a cast; dot(codes, q, out): for packed codes, one query's scores q . dequantised
-    code into out (N,), which a single-query scan uses instead of decoding."""
+    instead of a cast; dot(codes, q, out): one query's inner products with the stored codes
+    (q . dequantised code for packed codes, qs . code for int8) into out (N,), which a
+    single-query scan uses instead of casting or decoding blocks."""
     qs = qn if scales is None else qn * scales
     cand = _candidates(qs, codes, inv, allowed, k, block, zero_free, decode, dot)  # (B, k)
     # Exact per-pair scores, independent of batch size and blocking; a cosine of unit rows

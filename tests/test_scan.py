@@ -1,6 +1,6 @@
-"""The single-query scan of packed rate codes (model/ratescan.py): its inner products equal the
-decoded codes' to float32 rounding, for every bit width 0-8 and a code's last byte, and a bank
-read that takes it answers as the batched read that decodes."""
+"""The compiled single-query scans (model/scan.py): their inner products equal torch's to
+float32 rounding (int8 codes; rate codes of every bit width 0-8 and a partial last byte), and
+a bank read that takes them answers as the batched read that casts or decodes blocks."""
 
 from __future__ import annotations
 
@@ -43,17 +43,37 @@ def test_rate_dot_equals_the_decoded_inner_products() -> None:
     assert torch.allclose(out[:5], torch.full((5,), sum(code.means[j] for j in zero)).float())
 
 
-def test_rate_dot_needs_a_rate_quantiser() -> None:
-    with pytest.raises(ValueError, match=r"^expected a rate quantiser, got dtype 'float32'$"):
-        Quantiser("float32", 4).dot(torch.zeros(1, 4), torch.zeros(4), torch.zeros(1))
+def test_int8_dot_equals_the_widened_inner_products() -> None:
+    g = torch.Generator().manual_seed(4)
+    codes = torch.randint(-127, 128, (5000, 24), dtype=torch.int8, generator=g)
+    quant = Quantiser("int8", 24, scales=torch.full((24,), 0.1))
+    for _ in range(3):
+        q = torch.randn(24, generator=g)
+        out = torch.empty(5000, dtype=torch.float32)
+        quant.dot(codes, q, out)
+        want = codes.double() @ q.double()
+        assert torch.allclose(out.double(), want, rtol=1e-5, atol=1e-4)
 
 
-def test_single_reads_over_the_kernel_answer_as_the_batched_decoding_read() -> None:
+def test_dot_needs_an_int8_or_rate_quantiser() -> None:
+    for dtype in ("float32", "float16"):
+        quant = Quantiser(dtype, 4)
+        assert not quant.has_dot
+        message = rf"^expected an int8 or rate quantiser, got dtype '{dtype}'$"
+        with pytest.raises(ValueError, match=message):
+            quant.dot(torch.zeros(1, 4), torch.zeros(4), torch.zeros(1))
+
+
+@pytest.mark.parametrize("dtype", ["rate", "int8"])
+def test_single_reads_over_the_kernel_answer_as_the_batched_read(dtype: str) -> None:
     code, z = code_with_every_width(seed=1)
-    bank = MemoryBank(3000, code.m, dtype="rate", rate=code)
+    scales = torch.from_numpy(np.abs(z).max(axis=0) / 127).float() if dtype == "int8" else None
+    rate = code if dtype == "rate" else None
+    bank = MemoryBank(3000, code.m, dtype=dtype, scales=scales, rate=rate)
+    assert bank.quant.has_dot
     bank.write(torch.from_numpy(z[:3000]).float(), mode="each")
     queries = torch.from_numpy(z[3000:3040]).float()
-    batched = bank.search(queries, top_k=5)  # B > 1: decodes blocks, one matrix product
+    batched = bank.search(queries, top_k=5)  # B > 1: casts or decodes blocks, matrix products
     for i in range(len(queries)):
         slots, scores = bank.search(queries[i : i + 1], top_k=5)  # B = 1: the kernel
         assert slots[0].tolist() == batched[0][i].tolist()

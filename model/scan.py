@@ -1,0 +1,110 @@
+"""One query's inner products with the stored codes, in one compiled pass (numba kernels).
+
+A single-query read scores every slot. torch does that in several passes over N x m values
+when the stored codes are not float32; these kernels make one pass over the stored bytes and
+write the N inner products, which the bank's scan (model/search.py) then scales by the inverse
+norms and ranks. Both release the GIL while they run.
+
+- int8 (`int8_dot`): out[i] = q . codes[i] with the int8 values widened to float32 (the caller
+  folds the per-dimension scales into q). Compiled with fastmath, so that LLVM vectorises the
+  sum: 2.6 ms at 1M x 16 on one thread here, where torch's cast-then-product blocks took 5.7.
+- rate (`rate_dot`): a rate code (model/quant.py) keeps, per dimension j, an index of bits[j]
+  bits into its own levels, packed most significant bit first. Decoding N of them costs about
+  seven torch passes over N x m values (byte pairs, a gather per dimension, shift, mask,
+  offset, the level look-up, then the matrix-vector product): 86-92 ms at 100,000 codes of
+  m = 192 (48 B). The kernel reads each index from its dimension's 16-bit window and looks it
+  up in a per-query table T[j, i] = q_j * levels[j, i] (m x 256 float32, in cache), summed in
+  dimension order: 22 ms.
+
+The values equal torch's up to float32 rounding (the sum order differs); they only rank
+candidates, whose returned scores model/search.py recomputes exactly. numba compiles a kernel
+on first use (about a second) and caches the machine code beside this file, or in
+NUMBA_CACHE_DIR (the Dockerfile sets one: the image's code is read-only to the service); with no
+writable cache folder it compiles once per process. CPU tensors only; on other devices the bank
+scans with torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numba
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["int8_dot", "rate_dot"]
+
+
+def _int8_dot_py(codes: np.ndarray, q: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
+    n, m = codes.shape
+    for i in range(n):
+        s = np.float32(0.0)
+        for j in range(m):
+            s += q[j] * np.float32(codes[i, j])
+        out[i] = s
+
+
+def _rate_dot_py(
+    codes: np.ndarray,
+    byte: np.ndarray,
+    shift: np.ndarray,
+    mask: np.ndarray,
+    table: np.ndarray,
+    out: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    n, width = codes.shape
+    m = byte.shape[0]
+    for i in range(n):
+        s = np.float32(0.0)
+        for j in range(m):
+            b = byte[j]
+            hi = np.int32(codes[i, b])
+            lo = np.int32(codes[i, b + 1]) if b + 1 < width else np.int32(0)
+            s += table[j, (((hi << 8) | lo) >> shift[j]) & mask[j]]
+        out[i] = s
+
+
+def _compiled(fn: Callable[..., None], fastmath: bool) -> Any:
+    def jit(cache: bool) -> Any:
+        options = {"nogil": True, "boundscheck": False, "error_model": "numpy"}
+        return numba.njit(cache=cache, fastmath=fastmath, **options)(fn)  # type: ignore[call-overload]
+
+    try:
+        return jit(cache=True)
+    except RuntimeError:  # no writable cache folder (read-only install, no NUMBA_CACHE_DIR)
+        return jit(cache=False)
+
+
+_int8_dot = _compiled(_int8_dot_py, fastmath=True)
+_rate_dot = _compiled(_rate_dot_py, fastmath=False)  # a gather per term: nothing to vectorise
+
+
+def int8_dot(codes: Tensor, q: Tensor, out: Tensor) -> None:
+    """out[i] = q . codes[i] for int8 codes (N, m) and one query q (m,) float32 (scales folded
+    in by the caller); out (N,) float32. All on the CPU."""
+    _int8_dot(codes.contiguous().numpy(), q.to(torch.float32).contiguous().numpy(), out.numpy())
+
+
+def rate_dot(
+    codes: Tensor,
+    q: Tensor,
+    levels: Tensor,
+    byte: Tensor,
+    shift: Tensor,
+    mask: Tensor,
+    out: Tensor,
+) -> None:
+    """out[i] = q . (code i dequantised), for packed codes (N, width) uint8 and one query q (m,)
+    float32; levels (m, 256), byte (m,) int64, shift and mask (m,) int32 are the quantiser's
+    code book and unpacking plan (model/quant.py). All on the CPU; out (N,) float32."""
+    table = (q.to(torch.float32)[:, None] * levels).contiguous()  # (m, 256)
+    _rate_dot(
+        codes.contiguous().numpy(),
+        byte.numpy(),
+        shift.numpy(),
+        mask.numpy(),
+        table.numpy(),
+        out.numpy(),
+    )
