@@ -27,14 +27,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from model.scan import int8_dot, rate_dot
 from model.search import all_finite
 from model.state import DTYPES, INT8_MAX, RATE_LEVELS, rate_problem
 
 if TYPE_CHECKING:
     from model.ratecode import RateCode
 
-__all__ = ["Quantiser", "RateTables"]
+__all__ = ["DOT_DTYPES", "Quantiser", "RateTables"]
+
+DOT_DTYPES = ("int8", "rate")  # the dtypes model/scan.py has a single-query kernel for
 
 RateTables = tuple[Tensor, Tensor]  # bits (m,) uint8, levels (m, 256) float32
 
@@ -140,19 +141,23 @@ class Quantiser:
 
     @property
     def has_dot(self) -> bool:
-        """Whether `dot` has a compiled kernel for this dtype (int8, rate)."""
-        return self.dtype in ("int8", "rate")
+        """Whether `dot` has a compiled kernel for this dtype."""
+        return self.dtype in DOT_DTYPES
 
     def dot(self, c: Tensor, q: Tensor, out: Tensor) -> None:
         """On the CPU, one query's inner products with stored codes c (n, width), in one
         compiled pass (model/scan.py): out (n,) = q . dequantise(c) for rate codes, q . c for
         int8 codes (the scan folds the scales into q, as for its matrix products)."""
-        if self.rate_levels is not None:
-            rate_dot(c, q, self.rate_levels, self._byte, self._shift, self._mask, out)
-        elif self.dtype == "int8":
-            int8_dot(c, q, out)
-        else:
+        if not self.has_dot:
             raise ValueError(f"expected an int8 or rate quantiser, got dtype {self.dtype!r}")
+        # numba loads with the first read of an int8 or rate bank, not with every import of
+        # the bank (0.2-0.4 s of start-up a float32 or float16 service never needs)
+        from model import scan
+
+        if self.rate_levels is not None:
+            scan.rate_dot(c, q, self.rate_levels, self._byte, self._shift, self._mask, out)
+        else:
+            scan.int8_dot(c, q, out)
 
     # ------------------------------------------------------------------ rate codes
 
