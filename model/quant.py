@@ -159,6 +159,14 @@ class Quantiser:
         else:
             scan.int8_dot(c, q, out)
 
+    def warm(self) -> None:
+        """Load (or compile) the single-query kernel of this dtype now, on a one-code scan, so
+        that the first read does not pay for it; nothing for dtypes without one. For a CPU
+        quantiser (the kernels' only device)."""
+        if self.has_dot:
+            out = torch.empty(1, dtype=torch.float32)
+            self.dot(torch.zeros(1, self.width, dtype=self.storage), torch.zeros(self.m), out)
+
     # ------------------------------------------------------------------ rate codes
 
     def indices(self, z: Tensor) -> Tensor:

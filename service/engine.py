@@ -208,6 +208,8 @@ class Engine:
         bank.namespace_quota = s.namespace_quota
         self._warn_kept(recovery)
         codec = self._compile(model)
+        if bank.device.type == "cpu":  # the scan kernel's first-use load or compile, not a read's
+            bank.quant.warm()
         self.memory = IDRPMemory(
             codec, bank, log=self._log, position=recovery.last_lsn, refine_steps=s.refine_steps
         )

@@ -521,3 +521,31 @@ async def test_lfu_decay_setting_reaches_the_bank_also_after_recovery(
         assert engine.bank.used == 2
     finally:
         await engine.stop()
+
+
+async def test_start_loads_the_scan_kernel_before_the_first_read(
+    make_settings: Callable[..., Settings], items: Items, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An int8 bank's single-query kernel (model/scan.py, about a second to load or compile)
+    is made ready by start, not by the first read."""
+    from model import scan
+    from model.quant import Quantiser
+
+    warmed: list[str] = []
+    real = Quantiser.warm
+
+    def counted(self: Quantiser) -> None:
+        warmed.append(self.dtype)
+        real(self)
+
+    monkeypatch.setattr(Quantiser, "warm", counted)
+    engine = await started(make_settings(bank_dtype="int8"))
+    try:
+        assert warmed == ["int8"]
+        assert scan._int8_dot.signatures  # compiled (or loaded from its cache) for int8 codes
+        x = items(1)
+        await engine.write(x)
+        [[hit]] = await engine.read(x)
+        assert (hit.slot, hit.count) == (0, 1)
+    finally:
+        await engine.stop()
