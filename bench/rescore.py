@@ -7,13 +7,16 @@ Protocol (the issue's): bank = a data set's TRAINING split (model/data.py), quer
 held-out TEST split, truth = each query's exact cosine nearest neighbour among the bank items in
 input space. recall@1 = the read's first hit is the truth; top-10 = the truth is among the first
 ten. Rankings:
-- IDRP (every shipped weights file for the data set): stage 1 by cosine of codes, as the bank
-  searches (float32 codes, 4m bytes; int8 codes with the weights' code_scales, m bytes);
+- IDRP (every shipped weights file for the data set, or the files given with --weights): stage 1
+  by cosine of codes, as the bank searches (float32 codes, 4m bytes; int8 codes with the weights'
+  code_scales, m bytes; each rate-allocated code the file ships, model/ratecode.py, its budget
+  in bytes; storages above MAX_BYTES are left out);
   `R` > 0 rescores the top R (model/rescore.py's rule: cosine between the query item and each
   candidate's reconstruction).
 - PCA-m (fitted on the training split, centred coefficients, float32, 4m bytes): the same two
   stages, reconstructions = the PCA round trip.
-- FAISS `PQ{M}np` and `OPQ{M},PQ{M}np` with M = the budget in bytes (8-bit subquantizers), fitted
+- FAISS `PQ{M}np` and `OPQ{M},PQ{M}np` with M = each IDRP budget in bytes up to MAX_BYTES
+  (8-bit subquantizers), fitted
   on the training split: every bank item ranked by cosine between the query and its decoded
   code (asymmetric: the query stays exact; what faiss's ADC search ranks by, up to the norm).
 Writes bench/results/rescore.md and .json.
@@ -35,8 +38,25 @@ from bench.retrieval import PCAMap, ranked, rescored
 from model import data as datasets
 from model.checkpoint import load_idrp
 from model.idrp import encode_batched
+from model.ratecode import RateCode
 
 RS = (0, 10, 32, 100)
+MAX_BYTES = 256  # bytes per item: larger storages (float32 codes of m > 64) are left out
+
+
+def storages(model: Any, z: torch.Tensor) -> list[tuple[str, int, np.ndarray]]:
+    """(name, bytes per item, what a bank of that storage reads back) for codes z (N, m):
+    float32, int8 with the weights' code_scales, and each rate code in the file."""
+    m = model.config.m
+    out = [
+        ("float32", 4 * m, stored(z, "float32").numpy()),
+        ("int8", m, stored(z, "int8", model.code_scales.detach().cpu()).numpy()),
+    ]
+    rate_codes: dict[str, Any] = dict(model.info.get("rate_codes", {}))
+    for key, spec in sorted(rate_codes.items(), key=lambda kv: int(kv[0].rstrip("B"))):
+        rc = RateCode.from_dict(spec)
+        out.append((f"rate {key}", rc.code_bytes, rc.quantise(z.numpy()).astype(np.float32)))
+    return [s for s in out if s[1] <= MAX_BYTES]
 
 
 def scores(top: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -64,34 +84,42 @@ def two_stage(model: Any, bank_codes: np.ndarray, q: np.ndarray, zq: np.ndarray)
     return out
 
 
-def bench_data(name: str, opq_niter: int) -> list[dict[str, Any]]:
+def bench_data(
+    name: str, opq_niter: int, weights: list[Path] | None = None
+) -> list[dict[str, Any]]:
     split = datasets.load(name)
     tr = split.train.reshape(len(split.train), -1).astype(np.float32)
     te = split.test.reshape(len(split.test), -1).astype(np.float32)
     truth = ranked(te, tr, k=1)[:, 0]
     rows: list[dict[str, Any]] = []
-    for path in weights_where(
+    faiss_done: set[int] = set()  # budgets whose FAISS rows are in: one fit per budget
+    paths = weights or weights_where(
         ROOT / "weights", lambda info: info.get("data") == name and "embedder" not in info
-    ):
+    )
+    for path in paths:
         model = load_idrp(path)
         m = model.config.m
         zb, zq = (
             encode_batched(model, torch.from_numpy(tr)),
             encode_batched(model, torch.from_numpy(te)),
         )
-        for dtype, nbytes in (("float32", 4 * m), ("int8", m)):
-            scales = model.code_scales.detach().cpu() if dtype == "int8" else None
-            bank = stored(zb, dtype, scales).numpy()
+        budgets = set()
+        for storage, nbytes, bank in storages(model, zb):
+            budgets.add(nbytes)
             for r, top in two_stage(model, bank, te, zq.numpy()).items():
                 rows.append(
-                    {"method": f"IDRP {path.stem} {dtype}", "bytes": nbytes, "R": r}
+                    {"method": f"IDRP {path.stem} {storage}", "bytes": nbytes, "R": r}
                     | scores(top, truth)
                 )
         pca = PCAMap(tr)
-        cb, cq = pca.codes(tr, m), pca.codes(te, m)
-        for r, top in two_stage(_PCAModel(pca), cb, te, cq).items():
-            rows.append({"method": f"PCA-{m} float32", "bytes": 4 * m, "R": r} | scores(top, truth))
-        for budget in sorted({m, 4 * m}):
+        if 4 * m <= MAX_BYTES:
+            cb, cq = pca.codes(tr, m), pca.codes(te, m)
+            for r, top in two_stage(_PCAModel(pca), cb, te, cq).items():
+                rows.append(
+                    {"method": f"PCA-{m} float32", "bytes": 4 * m, "R": r} | scores(top, truth)
+                )
+        for budget in sorted(budgets - faiss_done):
+            faiss_done.add(budget)
             for opq in (False, True):
                 x_hat, info = pq_roundtrip(tr, tr, budget, opq, opq_niter)
                 top = ranked(te, x_hat)
@@ -99,7 +127,7 @@ def bench_data(name: str, opq_niter: int) -> list[dict[str, Any]]:
                     {"method": f"FAISS {info['factory']}", "bytes": budget, "R": "ADC"}
                     | scores(top, truth)
                 )
-    # one row per (method, bytes, R): the FAISS rows repeat across models of the same m
+    # one row per (method, bytes, R): PCA rows repeat across models of the same m
     unique: dict[tuple[str, int, Any], dict[str, Any]] = {}
     for row in rows:
         unique.setdefault((row["method"], row["bytes"], row["R"]), row)
@@ -113,12 +141,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data", nargs="+", default=["digits", "mnist"])
     parser.add_argument("--opq-niter", type=int, default=10)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--weights", type=Path, nargs="+", help="IDRP files to rank (default: weights/ for --data)"
+    )
     args = parser.parse_args(argv)
     report: dict[str, Any] = {"command": command(argv, "bench.rescore"), "data": {}}
     md = ["# Reads that find the right item: rescoring, PCA and FAISS at equal bytes\n"]
     md.append(f"`{report['command']}`; protocol in bench/rescore.py's docstring.\n")
     for name in args.data:
-        rows = bench_data(name, args.opq_niter)
+        rows = bench_data(name, args.opq_niter, args.weights)
         report["data"][name] = rows
         md.append(f"\n## {name}\n")
         md.append(
