@@ -217,6 +217,11 @@ class StatsResponse(BaseModel):
     model: str
     fingerprint: str
     bank_dtype: str
+    rescore: int | None = Field(
+        default=None,
+        description="Candidates a read rescores on their reconstructions when it does not say "
+        "(MT_RESCORE, auto resolved for the loaded codec; 0 = off).",
+    )
     bank_bytes: int = Field(description="Bytes of the bank's state tensors (a snapshot's content).")
     cache_bytes: int = Field(
         description="Bytes of the bank's read cache on top of bank_bytes: one float32 inverse "

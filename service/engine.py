@@ -91,6 +91,7 @@ class Engine:
         self.recovery: Recovery | None = None
         self.device = "cpu"
         self.bank_dtype = "float32"  # MT_BANK_DTYPE, "auto" resolved, once the weights load
+        self.rescore = 0  # MT_RESCORE, "auto" resolved, once the weights load
         self.texts: texts.TextMemory | None = None
         self._embedder_obj: Any = None
         self.started_at = time.time()
@@ -214,6 +215,7 @@ class Engine:
             codec, bank, log=self._log, position=recovery.last_lsn, refine_steps=s.refine_steps
         )
         self.model, self.persistence, self.recovery = model, persistence, recovery
+        self.rescore = s.resolved_rescore(model.info)  # a read's default candidates
         self.device = str(device)
         # Replayed WAL records are not in any snapshot yet: mark the bank dirty so the next
         # periodic or shutdown snapshot saves them and the WAL stops growing across restarts.
@@ -366,7 +368,7 @@ class Engine:
         min_score) is []."""
         self._check_ready()
         assert self._reads is not None
-        r = self.settings.rescore if rescore is None else rescore
+        r = self.rescore if rescore is None else rescore
         return await self._reads.submit(
             Read(queries, top_k, min_score, reconstruct, namespace, r), _rows(queries)
         )
@@ -560,6 +562,7 @@ class Engine:
             persistence=self._persistence(),
             recovery=self.recovery,
             uptime_s=time.time() - self.started_at,
+            rescore=self.rescore,
         )
 
     def _summary(self) -> str:

@@ -22,6 +22,7 @@ def engine_stats(
     persistence: Persistence,
     recovery: Recovery | None,
     uptime_s: float,
+    rescore: int,
 ) -> dict[str, Any]:
     """The /stats answer from `MemoryBank.stats()` (`bank`) and the engine's parts."""
     d, m = model.config.d, model.config.m
@@ -39,6 +40,7 @@ def engine_stats(
         "model": model.name,
         "fingerprint": model.fingerprint,
         "bank_dtype": bank["dtype"],
+        "rescore": rescore,
         "bank_bytes": bank["bytes"],
         "cache_bytes": bank["cache_bytes"],
         "meta_bytes": bank["meta_bytes"],

@@ -49,6 +49,10 @@ def make_settings(weights_file: Path, tmp_path: Path) -> Callable[..., Settings]
             "snapshot_every_s": 0,
             "torch_threads": 1,  # 2 shared cores: one torch thread is faster and steadier
             "batch_wait_ms": 0.5,
+            # The tiny untrained test codec reconstructs nothing like its input, so these
+            # servers read by code cosine (stage 1) unless a test asks for rescoring; the
+            # default MT_RESCORE has its own tests (test_rescore.py).
+            "rescore": 0,
             **overrides,
         }
         return Settings(**values)

@@ -54,6 +54,7 @@ def server_env(port: int, weights: Path, snapshots: Path, **settings: str) -> di
         "MT_WEIGHTS": str(weights),
         "MT_SNAPSHOT_DIR": str(snapshots),
         "MT_TORCH_THREADS": "1",
+        "MT_RESCORE": "0",  # code-cosine reads: the tiny test codec reconstructs nothing alike
         "PYTHONPATH": str(REPO),
         **{f"MT_{name.upper()}": value for name, value in settings.items()},
     }

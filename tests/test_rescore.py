@@ -5,6 +5,7 @@ and the read rules (counts, min_score, batching) with rescoring on."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -94,3 +95,47 @@ def test_rescore_must_be_a_non_negative_int() -> None:
     assert (
         isinstance(bad, InvalidInput) and str(bad) == "expected rescore to be an int >= 0, got -1"
     )
+
+
+def test_mt_rescore_auto_is_on_for_image_codecs_and_off_for_text_codecs() -> None:
+    from service.settings import RESCORE_AUTO, Settings
+
+    image, text = {"data": "digits"}, {"data": "text-minilm", "embedder": {"name": "minilm"}}
+    assert Settings().rescore == "auto"
+    assert (Settings().resolved_rescore(image), Settings().resolved_rescore(text)) == (3, 0)
+    assert RESCORE_AUTO == 3
+    assert Settings(rescore=0).resolved_rescore(image) == 0  # a set value wins
+    assert Settings(rescore=32).resolved_rescore(text) == 32
+    for bad in (-1, 1001, "sometimes"):
+        with pytest.raises(ValueError, match="rescore"):
+            Settings(rescore=bad)
+
+
+@pytest.mark.anyio
+async def test_the_default_read_of_the_shipped_digits_codec_is_rescored(
+    tmp_path: Path,
+) -> None:
+    """Default settings on weights/digits-m16: /stats says 3 candidates, and a read of an
+    item's noisy copy ranks by the input-space cosine with each reconstruction (score), not
+    by the code cosine (code_score); rescore=0 gives the code ranking back."""
+    from service.engine import Engine
+    from service.settings import Settings
+
+    engine = Engine(Settings(snapshot_dir=tmp_path / "snap", capacity=64, torch_threads=1))
+    await engine.start()
+    try:
+        assert (await engine.stats())["rescore"] == 3
+        g = torch.Generator().manual_seed(0)
+        items = torch.rand(64, 64, generator=g)
+        await engine.write(items.tolist(), mode="each")
+        query = (items[:1] + 0.05 * torch.randn(1, 64, generator=g)).clamp(0, 1)
+        [[hit]] = await engine.read(query.tolist())
+        recon = torch.from_numpy(hit.reconstruction)
+        assert hit.score == pytest.approx(
+            float(torch.nn.functional.cosine_similarity(query[0], recon, dim=0)), abs=1e-5
+        )
+        assert hit.score != pytest.approx(hit.code_score, abs=1e-4)
+        [[plain]] = await engine.read(query.tolist(), rescore=0)
+        assert plain.score == pytest.approx(plain.code_score, abs=1e-6)
+    finally:
+        await engine.stop()

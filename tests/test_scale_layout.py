@@ -107,7 +107,11 @@ def test_the_ray_app_refuses_fewer_shards_over_a_served_folder(
     )
     # Deployed anyway (another driver, another machine): its shard 0 refuses the folder.
     settings = Settings(
-        weights=weights_file, snapshot_dir=ray_server.snapshot_dir, capacity=C, torch_threads=1
+        weights=weights_file,
+        snapshot_dir=ray_server.snapshot_dir,
+        capacity=C,
+        torch_threads=1,
+        rescore=0,
     )
     name = "layout-check"
     try:

@@ -362,7 +362,8 @@ class ShardedEngine:
         """Engine.read over every shard that answers (see the module docstring)."""
         self._check_ready()
         x = as_rows(queries, "query", self.d)
-        r = self.settings.rescore if rescore is None else rescore
+        assert self.model is not None
+        r = self.settings.resolved_rescore(self.model.info) if rescore is None else rescore
         z = await _awaited(self.codec.encode.remote(x))
         if isinstance(z, Exception):
             raise z
@@ -492,9 +493,10 @@ class ShardedEngine:
         self._check_ready()
         parts = await asyncio.gather(*(self._try(s, "stats") for s in range(len(self.shards))))
         assert self.model is not None
-        return sharded_stats(
+        out = sharded_stats(
             list(parts), self.model, self.capacity, uptime_s=time.time() - self.started_at
         )
+        return out | {"rescore": self.settings.resolved_rescore(self.model.info)}
 
     async def inspect(self, look: Callable[[Any], T]) -> T:
         """look(view) on a worker thread: the view spans every shard that answers (_View)."""

@@ -420,7 +420,12 @@ async function search() {
         label.innerHTML = "";
         const b = document.createElement("b");
         b.textContent = `slot ${hit.slot}`;
-        label.append(b, ` score ${hit.score.toFixed(4)} · count ${hit.count}`);
+        // a rescored hit (MT_RESCORE): score = cosine with its reconstruction, code = stage 1
+        const code =
+          hit.code_score !== undefined && Math.abs(hit.code_score - hit.score) >= 5e-5
+            ? ` (code ${hit.code_score.toFixed(4)})`
+            : "";
+        label.append(b, ` score ${hit.score.toFixed(4)}${code} · count ${hit.count}`);
         row.append(canvas, label);
         li.append(row);
         li.addEventListener("click", () => select(hit.slot));
