@@ -18,7 +18,7 @@ from model.enums import BankDtype, FsyncPolicy
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
 # MT_RESCORE=auto on an image codec: candidates rescored per read. Measured (bench.http, 10k
-# slots, 16 connections, digits-m16): 3 keeps 0.86x the req/s of a plain read, 10 only 0.71x;
+# slots, 16 connections, digits-m16): 3 keeps 0.86-0.90x the req/s of a plain read, 10 0.72x;
 # held-out recall@1 0.70 -> 0.80 with 3 (0.79 with 10). weights/README.md, docs/API.md.
 RESCORE_AUTO = 3
 
@@ -103,7 +103,7 @@ class Settings(BaseSettings):
         description="Reads rank the top max(R, top_k) slots by code cosine, decode them and "
         "return the best by cosine with the query item (0 = off: code cosine only); a read's "
         f"`rescore` overrides it. auto = {RESCORE_AUTO} for image codecs (digits-m16: held-out "
-        "recall@1 0.70 -> 0.80 for 0.86x the req/s of a read without it), 0 for text codecs "
+        "recall@1 0.70 -> 0.80 for 0.86-0.90x the req/s of a read without it), 0 for text codecs "
         "(their reconstructions blur near-duplicate texts: no gain in recall). Bench notes "
         "in docs/API.md.",
     )
