@@ -20,7 +20,7 @@ import torch
 from sklearn.decomposition import PCA
 
 from model import data as datasets
-from model.checkpoint import load_idrp, read_metadata
+from model.checkpoint import is_text_codec, load_idrp, read_metadata
 from model.idrp import IDRP
 
 
@@ -37,11 +37,6 @@ def metrics(x: np.ndarray, x_hat: np.ndarray) -> dict[str, float]:
         "mae": float(np.abs(x_hat - x).mean()),
         "mse": mse,
     }
-
-
-def is_text_codec(info: dict[str, object]) -> bool:
-    """Text codecs (trained on sentence embeddings) name their embedder; bench.text scores them."""
-    return isinstance(info.get("embedder"), dict)
 
 
 def idrp_reconstruct(

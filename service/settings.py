@@ -237,7 +237,7 @@ class Settings(BaseSettings):
         """MT_RESCORE with "auto" resolved against the weights' info (text codec or not)."""
         if self.rescore != "auto":
             return self.rescore
-        from model.evaluate import is_text_codec
+        from model.checkpoint import is_text_codec
 
         return 0 if is_text_codec(info) else RESCORE_AUTO
 

@@ -139,3 +139,20 @@ async def test_the_default_read_of_the_shipped_digits_codec_is_rescored(
         assert plain.score == pytest.approx(plain.code_score, abs=1e-6)
     finally:
         await engine.stop()
+
+
+def test_resolving_mt_rescore_needs_only_the_serving_dependencies() -> None:
+    """requirements.txt (the README's serve command) has no scikit-learn: the engine's start,
+    which resolves MT_RESCORE, must not import it (it once did, through model.evaluate)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import service.engine; from service.settings import Settings; "
+        "Settings().resolved_rescore({'data': 'digits'}); "
+        "print(sorted(m for m in ('sklearn', 'model.evaluate') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
