@@ -265,6 +265,17 @@ class MemoryBank:
     # ------------------------------------------------------------------ properties
 
     @property
+    def _scans_compiled(self) -> bool:
+        """Whether single-query reads use the quantiser's compiled kernel (model/scan.py: int8
+        and rate codes, CPU only)."""
+        return self.quant.has_dot and self.device.type == "cpu"
+
+    def warm(self) -> None:
+        """Load (or compile) the single-query scan kernel now, not in the first read."""
+        if self._scans_compiled:
+            self.quant.warm()
+
+    @property
     def _block(self) -> Tensor | None:
         """The score buffer of blocked reads (None until a read needed one)."""
         return self._blocks[0] if self._blocks else None
@@ -340,7 +351,7 @@ class MemoryBank:
             self._blocks,
             zero_free=namespace is None,  # free slots score 0: inverse norm 0 (`_free`)
             decode=self.quant.dequantise if self.quant.packed else None,
-            dot=self.quant.dot if self.quant.has_dot and self.device.type == "cpu" else None,
+            dot=self.quant.dot if self._scans_compiled else None,
         )
         slots = torch.full((b, k), -1, dtype=torch.int64, device=dev)
         out_scores = torch.zeros((b, k), dtype=torch.float32, device=dev)

@@ -51,7 +51,7 @@ from typing import Any, Literal, TypeVar
 import torch
 
 from model.bank import MemoryBank, SlotView, WriteResult
-from model.checkpoint import load_idrp
+from model.checkpoint import is_text_codec, load_idrp
 from model.enums import DEFAULT_NAMESPACE
 from model.errors import NotReady
 from model.idrp import IDRP, CompiledCodec, compile_codec
@@ -209,8 +209,7 @@ class Engine:
         bank.namespace_quota = s.namespace_quota
         self._warn_kept(recovery)
         codec = self._compile(model)
-        if bank.device.type == "cpu":  # the scan kernel's first-use load or compile, not a read's
-            bank.quant.warm()
+        bank.warm()  # the scan kernel's first-use load or compile, not a read's
         self.memory = IDRPMemory(
             codec, bank, log=self._log, position=recovery.last_lsn, refine_steps=s.refine_steps
         )
@@ -228,7 +227,7 @@ class Engine:
         """A text codec's embedder (its weights' info names it), loaded now; None for other
         codecs. EmbedderError (the start fails, saying why) when it is not installed or is
         not the one the weights were trained for."""
-        if not isinstance(info, dict) or not isinstance(info.get("embedder"), dict):
+        if not isinstance(info, dict) or not is_text_codec(info):
             return None
         from model.embed import EMBEDDERS, Embedder, EmbedderError, check_embedder
 

@@ -148,6 +148,7 @@ class ShardedEngine:
         self.model: IDRP | None = None
         self.texts: texts.TextMemory | None = None
         self.device = "cpu"
+        self.rescore = 0  # MT_RESCORE, "auto" resolved, once the model loads
         self.codec = codec
         self.shards = shards
         self.options = options
@@ -186,6 +187,7 @@ class ShardedEngine:
         self.state = "starting"
         try:
             self.model = await asyncio.to_thread(load_idrp, self.settings.weights)
+            self.rescore = self.settings.resolved_rescore(self.model.info)
             embedder = await asyncio.to_thread(
                 Engine._load_embedder, self.model.info, self.settings.resolved_device()
             )
@@ -362,8 +364,7 @@ class ShardedEngine:
         """Engine.read over every shard that answers (see the module docstring)."""
         self._check_ready()
         x = as_rows(queries, "query", self.d)
-        assert self.model is not None
-        r = self.settings.resolved_rescore(self.model.info) if rescore is None else rescore
+        r = self.rescore if rescore is None else rescore
         z = await _awaited(self.codec.encode.remote(x))
         if isinstance(z, Exception):
             raise z
@@ -496,7 +497,7 @@ class ShardedEngine:
         out = sharded_stats(
             list(parts), self.model, self.capacity, uptime_s=time.time() - self.started_at
         )
-        return out | {"rescore": self.settings.resolved_rescore(self.model.info)}
+        return out | {"rescore": self.rescore}
 
     async def inspect(self, look: Callable[[Any], T]) -> T:
         """look(view) on a worker thread: the view spans every shard that answers (_View)."""
