@@ -38,7 +38,7 @@ from bench.retrieval import PCAMap, ranked, rescored
 from model import data as datasets
 from model.checkpoint import load_idrp
 from model.idrp import encode_batched
-from model.ratecode import RateCode
+from model.ratecode import RateCode, shipped_budgets
 
 RS = (0, 10, 32, 100)
 MAX_BYTES = 256  # bytes per item: larger storages (float32 codes of m > 64) are left out
@@ -52,9 +52,8 @@ def storages(model: Any, z: torch.Tensor) -> list[tuple[str, int, np.ndarray]]:
         ("float32", 4 * m, stored(z, "float32").numpy()),
         ("int8", m, stored(z, "int8", model.code_scales.detach().cpu()).numpy()),
     ]
-    rate_codes: dict[str, Any] = dict(model.info.get("rate_codes", {}))
-    for key, spec in sorted(rate_codes.items(), key=lambda kv: int(kv[0].rstrip("B"))):
-        rc = RateCode.from_dict(spec)
+    for key in shipped_budgets(model.info):
+        rc = RateCode.from_dict(model.info["rate_codes"][key])
         out.append((f"rate {key}", rc.code_bytes, rc.quantise(z.numpy()).astype(np.float32)))
     return [s for s in out if s[1] <= MAX_BYTES]
 

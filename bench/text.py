@@ -49,7 +49,7 @@ from bench.retrieval import PCAMap, faiss_roundtrip, ranked, rec_cos, rescored, 
 from model import embed, text_data
 from model.checkpoint import load_idrp
 from model.idrp import decode_batched, encode_batched
-from model.ratecode import RateCode, fit_rate_code
+from model.ratecode import RateCode, fit_rate_code, shipped_budgets
 
 BUDGETS = (16, 32, 48, 96)
 QUICK_BUDGETS = (16, 48)
@@ -183,9 +183,8 @@ class Bench:
             modes: list[tuple[str, int, np.ndarray]] = []
             modes.append(("int8", m, as_int8(z_bank, model.code_scales)))
             modes.append(("float16", 2 * m, z_bank.astype(np.float16).astype(np.float32)))
-            rate_codes: dict[str, Any] = dict(model.info.get("rate_codes", {}))  # type: ignore[call-overload]
-            for key, spec in sorted(rate_codes.items(), key=lambda kv: int(kv[0].rstrip("B"))):
-                rc = RateCode.from_dict(spec)
+            for key in shipped_budgets(model.info):
+                rc = RateCode.from_dict(model.info["rate_codes"][key])  # type: ignore[index]
                 modes.append((f"rate {key}", rc.code_bytes, rc.quantise(z_bank)))
             for mode, nbytes, zs in modes:
                 if nbytes > max(self.budgets):

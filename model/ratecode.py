@@ -186,12 +186,18 @@ def fit_rate_code(
     )
 
 
+def shipped_budgets(info: dict[str, Any]) -> list[str]:
+    """The keys ("16B", "48B", ...) of the rate codes a weights file ships, smallest first."""
+    codes = info.get("rate_codes")
+    return sorted(codes, key=lambda k: int(k.rstrip("B"))) if isinstance(codes, dict) else []
+
+
 def shipped_rate_code(info: dict[str, Any], code_bytes: int | None = None) -> RateCode:
     """The rate code a weights file ships for a bank of `code_bytes` per item (its
     info["rate_codes"]["<n>B"]); None: the file's default (info["rate_default"], else its only
     one). ValueError naming what the file has when there is no such code."""
     codes = info.get("rate_codes")
-    have = sorted(codes, key=lambda k: int(k.rstrip("B"))) if isinstance(codes, dict) else []
+    have = shipped_budgets(info)
     if code_bytes is not None:
         key = f"{code_bytes}B"
     elif isinstance(info.get("rate_default"), str):
