@@ -1,6 +1,7 @@
 """HTTP throughput and latency of the real server, as ratios to a hello-world FastAPI app.
 
-    python -m bench.http [--quick] [--seconds S] [--no-pin] [--log-level info] [--out DIR]
+    python -m bench.http [--quick] [--seconds S] [--sizes N ...] [--no-pin] [--log-level info]
+                         [--out DIR]
 
 (Run it as a module: as a script, this file would shadow the standard library's `http`.)
 
@@ -50,7 +51,8 @@ from typing import Any
 import numpy as np
 
 from bench.common import RESULTS, ROOT, command, machine, now, versions, write_results
-from service.settings import RESCORE_AUTO, Settings
+from model.codec_info import RESCORE_IMAGE
+from service.settings import Settings
 
 RESCORES = (3, 10, 32, 100)  # candidates the rescored read targets ask for (issue 12)
 FILL_BATCH = min(1000, Settings.model_fields["max_items"].default)  # items per /write request
@@ -455,7 +457,7 @@ def render(report: dict[str, Any]) -> str:
         "",
         "Endpoints: **read** = POST /read, one query, top_k 1, reconstruction on, rescore 0 (the "
         "plain one-stage read); **read R=r** = the same with r candidates rescored (r = "
-        f"{RESCORE_AUTO}: the default read of an image codec); **write xB** = "
+        f"{RESCORE_IMAGE}: the default read of an image codec); **write xB** = "
         'POST /write "each" with B items; **hello GET sync / async** = a `def` / `async def` '
         'route returning {"hello": "world"}; **hello echo** = POST of the same '
         f"/read-shaped body ({report['sizes']['read']['request_bytes']} bytes), parsed into a "
@@ -495,7 +497,7 @@ def render(report: dict[str, Any]) -> str:
             "## Rescoring (issue 12): /read with R candidates rescored, against /read without",
             "",
             "16 connections, the same queries; issue 12 asks the default read (R = "
-            f"{RESCORE_AUTO} here, MT_RESCORE=auto on an image codec) to keep >= 0.8x the req/s "
+            f"{RESCORE_IMAGE} here, MT_RESCORE=auto on an image codec) to keep >= 0.8x the req/s "
             "of a read without rescoring at 10k slots.",
             "",
             "| N | R | req/s x read | CPU/req x read | p99 ms |",
@@ -531,6 +533,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--seconds", type=float, default=None, help="seconds per cell (default 4, --quick 1)"
     )
     parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="bank sizes, slots (default 10,000 100,000 1,000,000; --quick 10,000)",
+    )
+    parser.add_argument(
         "--no-pin", action="store_true", help="do not pin servers to CPU 0 and wrk to CPU 1"
     )
     parser.add_argument(
@@ -548,7 +557,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
     seconds = args.seconds or (1.0 if args.quick else 4.0)
-    sizes = [10_000] if args.quick else [10_000, 100_000]
+    sizes = args.sizes or ([10_000] if args.quick else [10_000, 100_000, 1_000_000])
     conns_levels = [1, 16] if args.quick else [1, 16, 64]
     pin = not args.no_pin and os.cpu_count() is not None and os.cpu_count() >= 2  # type: ignore[operator]
     server_cpus, client_cpus = ("0", "1") if pin else (None, None)
@@ -725,7 +734,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 }
             )
     for c in at16:
-        if c["endpoint"] in ("read", f"read R={RESCORE_AUTO}"):
+        if c["endpoint"] in ("read", f"read R={RESCORE_IMAGE}"):
             report["goal"].append(
                 {
                     "read": "plain read" if c["endpoint"] == "read" else "default read",

@@ -81,9 +81,16 @@ def faiss_roundtrip(
 
 
 def rescored(
-    model: IDRP, q: np.ndarray, zq: np.ndarray, z_bank: np.ndarray, r: int, batch: int = 250
+    model: IDRP,
+    q: np.ndarray,
+    zq: np.ndarray,
+    z_bank: np.ndarray,
+    r: int,
+    batch: int = 250,
+    keep: int = TOP,
 ) -> np.ndarray:
-    """Top-10 after decoding the code ranking's top r and re-ranking by cosine with q."""
+    """Top `keep` (<= r) after decoding the code ranking's top r and re-ranking by cosine with
+    q."""
     out = []
     zb = unit(z_bank)
     for i in range(0, len(q), batch):
@@ -92,5 +99,5 @@ def rescored(
             *cand.shape, -1
         )
         s = np.einsum("bd,brd->br", unit(q[i : i + batch]), x_hat)
-        out.append(np.take_along_axis(cand, top_k(s, TOP), axis=1))
+        out.append(np.take_along_axis(cand, top_k(s, keep), axis=1))
     return np.concatenate(out)

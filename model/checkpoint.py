@@ -27,11 +27,6 @@ from model.idrp import IDRP
 FORMAT = "memorytransit-idrp/1"
 
 
-def is_text_codec(info: Mapping[str, object]) -> bool:
-    """Text codecs (trained on sentence embeddings) name their embedder in their info."""
-    return isinstance(info.get("embedder"), dict)
-
-
 def fingerprint(state: Mapping[str, Tensor]) -> str:
     """sha256 of the tensors' names, dtypes, shapes and bytes (model.durable.tensor_sha256)."""
     return tensor_sha256(state, describe=True)

@@ -20,7 +20,8 @@ import torch
 from sklearn.decomposition import PCA
 
 from model import data as datasets
-from model.checkpoint import is_text_codec, load_idrp, read_metadata
+from model.checkpoint import load_idrp, read_metadata
+from model.codec_info import is_text_codec
 from model.idrp import IDRP
 
 

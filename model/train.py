@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from model import data as datasets
 from model.checkpoint import save_idrp
+from model.codec_info import RESCORE_MAX
 from model.config import IDRPConfig
 from model.idrp import IDRP, encode_batched
 from model.ratecode import fit_rate_code
@@ -195,6 +196,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--rate-default", type=int, default=None, help="the rate code a bank uses by default, B"
     )
+    p.add_argument(
+        "--rescore-default",
+        type=int,
+        default=None,
+        help="candidates a read rescores by default on this codec (info['rescore_default'], "
+        "what MT_RESCORE=auto serves; unset: the service's rule)",
+    )
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--patience", type=int, default=40, help="epochs without val improvement")
     p.add_argument("--max-train", type=int, default=0, help="use at most this many train items")
@@ -207,6 +215,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("expected --rate-bytes with --add-rate-codes")
     if args.rate_default is not None and args.rate_default not in args.rate_bytes:
         p.error(f"expected --rate-default among --rate-bytes {args.rate_bytes}")
+    if args.rescore_default is not None and not 0 <= args.rescore_default <= RESCORE_MAX:
+        p.error(f"expected --rescore-default in 0..{RESCORE_MAX}")
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in the weights file
     return args
 
@@ -362,6 +372,8 @@ def train(args: argparse.Namespace) -> Path:
         info["rate_codes"] = rates  # fitted on the fit split's codes (model/ratecode.py)
     if args.rate_default is not None:
         info["rate_default"] = f"{args.rate_default}B"
+    if args.rescore_default is not None:
+        info["rescore_default"] = args.rescore_default
     fp = save_idrp(model, out, name=name, info=info, shape=split.shape)
     print(json.dumps({"weights": str(out), "fingerprint": fp, **info}, indent=2))
     return out

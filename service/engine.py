@@ -51,7 +51,8 @@ from typing import Any, Literal, TypeVar
 import torch
 
 from model.bank import MemoryBank, SlotView, WriteResult
-from model.checkpoint import is_text_codec, load_idrp
+from model.checkpoint import load_idrp
+from model.codec_info import is_text_codec
 from model.enums import DEFAULT_NAMESPACE
 from model.errors import NotReady
 from model.idrp import IDRP, CompiledCodec, compile_codec

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, field_validator,
 from pydantic.json_schema import JsonDict
 from pydantic_core import PydanticCustomError
 
+from model.codec_info import RESCORE_MAX
 from model.enums import NAMESPACE_PATTERN, WriteMode, check_namespace, stored_slots
 from model.errors import InvalidInput
 
@@ -217,7 +218,7 @@ Rescore = Annotated[
     int | None,
     Field(
         ge=0,
-        le=1000,
+        le=RESCORE_MAX,
         description="Candidates to rescore on their reconstructions (the top max(R, top_k) by "
         "code cosine, ranked by cosine with the query item); 0 = off; null = the server's "
         "MT_RESCORE.",

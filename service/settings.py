@@ -13,14 +13,11 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.codec_info import RESCORE_IMAGE, RESCORE_MAX, default_rescore
 from model.enums import BankDtype, FsyncPolicy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
-# MT_RESCORE=auto on an image codec: candidates rescored per read. Measured (bench.http, 10k
-# slots, 16 connections, digits-m16): 3 keeps 0.86-0.90x the req/s of a plain read, 10 0.72x;
-# held-out recall@1 0.70 -> 0.80 with 3 (0.79 with 10). weights/README.md, docs/API.md.
-RESCORE_AUTO = 3
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
@@ -98,14 +95,15 @@ class Settings(BaseSettings):
         description="Halve a slot's count for eviction per this many bank ticks it sat idle "
         "(Redis-style LFU aging; makes MT_INITIAL_COUNT protect fresh slots). 0 = off (paper).",
     )
-    rescore: Annotated[int, Field(ge=0, le=1000)] | Literal["auto"] = Field(
+    rescore: Annotated[int, Field(ge=0, le=RESCORE_MAX)] | Literal["auto"] = Field(
         default="auto",
         description="Reads rank the top max(R, top_k) slots by code cosine, decode them and "
         "return the best by cosine with the query item (0 = off: code cosine only); a read's "
-        f"`rescore` overrides it. auto = {RESCORE_AUTO} for image codecs (digits-m16: held-out "
-        "recall@1 0.70 -> 0.80 for 0.86-0.90x the req/s of a read without it), 0 for text codecs "
-        "(their reconstructions blur near-duplicate texts: no gain in recall). Bench notes "
-        "in docs/API.md.",
+        "`rescore` overrides it. auto = the weights' own rescore_default when they name one, "
+        f"else {RESCORE_IMAGE} for image codecs (digits-m16: held-out recall@1 0.70 -> 0.80 for "
+        "0.86-0.90x the req/s of a read without it) and 0 for text codecs (their "
+        "reconstructions blur near-duplicate texts: no gain in recall). Bench notes in "
+        "docs/API.md.",
     )
     namespace_quota: int = Field(
         default=0,
@@ -234,12 +232,11 @@ class Settings(BaseSettings):
         return "rate" if isinstance(info.get("rate_default"), str) else "float32"
 
     def resolved_rescore(self, info: dict[str, Any]) -> int:
-        """MT_RESCORE with "auto" resolved against the weights' info (text codec or not)."""
+        """MT_RESCORE with "auto" resolved against the weights' info (model.checkpoint's
+        default_rescore: the file's rescore_default, else by the kind of codec)."""
         if self.rescore != "auto":
             return self.rescore
-        from model.checkpoint import is_text_codec
-
-        return 0 if is_text_codec(info) else RESCORE_AUTO
+        return default_rescore(info)
 
     def resolved_device(self) -> str:
         """The torch device to use: "auto" becomes cuda when available, else cpu."""

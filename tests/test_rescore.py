@@ -4,6 +4,7 @@ and the read rules (counts, min_score, batching) with rescoring on."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -98,17 +99,51 @@ def test_rescore_must_be_a_non_negative_int() -> None:
 
 
 def test_mt_rescore_auto_is_on_for_image_codecs_and_off_for_text_codecs() -> None:
-    from service.settings import RESCORE_AUTO, Settings
+    from model.codec_info import RESCORE_IMAGE
+    from service.settings import Settings
 
     image, text = {"data": "digits"}, {"data": "text-minilm", "embedder": {"name": "minilm"}}
     assert Settings().rescore == "auto"
     assert (Settings().resolved_rescore(image), Settings().resolved_rescore(text)) == (3, 0)
-    assert RESCORE_AUTO == 3
+    assert RESCORE_IMAGE == 3
     assert Settings(rescore=0).resolved_rescore(image) == 0  # a set value wins
     assert Settings(rescore=32).resolved_rescore(text) == 32
     for bad in (-1, 1001, "sometimes"):
         with pytest.raises(ValueError, match="rescore"):
             Settings(rescore=bad)
+
+
+def test_mt_rescore_auto_serves_the_weights_own_default() -> None:
+    """A file that names rescore_default (measured per codec) gets it under auto, text codec
+    or not; a set MT_RESCORE still wins; a malformed one stops the start, naming the field."""
+    from model.errors import CheckpointError
+    from service.settings import Settings
+
+    assert Settings().resolved_rescore({"data": "mnist", "rescore_default": 10}) == 10
+    assert Settings().resolved_rescore({"embedder": {}, "rescore_default": 0}) == 0
+    assert Settings(rescore=1).resolved_rescore({"rescore_default": 10}) == 1
+    for bad in (-1, 1001, 2.5, "10", True, None):
+        with pytest.raises(CheckpointError) as err:
+            Settings().resolved_rescore({"rescore_default": bad})
+        assert str(err.value) == (
+            f"weights info rescore_default must be an integer 0..1000, got {bad!r}"
+        )
+
+
+def test_the_shipped_codecs_name_their_measured_rescore_defaults() -> None:
+    """mnist-m384-rate's 128-byte rate code gains recall@1 from 3 to 10 candidates (0.878 ->
+    0.915 held out, weights/README.md): its file says 10; the others keep the rule."""
+    from model.checkpoint import read_metadata
+    from model.codec_info import default_rescore
+
+    weights = Path(__file__).resolve().parents[1] / "weights"
+    got = {
+        p.stem: default_rescore(json.loads(read_metadata(p)["info"]))
+        for p in sorted(weights.glob("*.safetensors"))
+    }
+    assert got["mnist-m384-rate"] == 10
+    assert got["digits-m16"] == got["mnist-m16"] == got["mnist-m256-rate"] == 3
+    assert got["minilm-text-m192-rate"] == 0
 
 
 @pytest.mark.anyio

@@ -11,7 +11,8 @@ import pytest
 from bench.retrieval import ranked, rec_cos
 from bench.text import as_int8, text_weights
 from model import embed, text_data
-from model.checkpoint import is_text_codec, load_idrp
+from model.checkpoint import load_idrp
+from model.codec_info import is_text_codec
 from model.idrp import decode_batched, encode_batched
 from model.ratecode import RateCode
 

@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from model.checkpoint import load_idrp
 from model.evaluate import main as evaluate_main
 from model.ratecode import RateCode
@@ -48,6 +50,16 @@ def test_similarity_term_and_rate_codes_are_recorded(tmp_path: Path) -> None:
     assert isinstance(codes, dict) and sorted(codes) == ["4B", "6B"]
     assert [RateCode.from_dict(codes[k]).code_bytes for k in ("4B", "6B")] == [4, 6]
     assert "--sim-weight 1e-3" in str(model.info["command"])
+    assert "rescore_default" not in model.info  # unset: MT_RESCORE=auto applies the rule
+
+
+def test_a_measured_rescore_default_is_recorded_and_checked(tmp_path: Path) -> None:
+    from model.codec_info import default_rescore
+
+    model = load_idrp(run(tmp_path, "r7", "--rescore-default", "7"))
+    assert model.info["rescore_default"] == 7 and default_rescore(model.info) == 7
+    with pytest.raises(SystemExit):
+        parse_args(["--data", "digits", "--m", "8", "--rescore-default", "1001"])
 
 
 def test_rate_codes_added_later_are_those_training_would_have_fitted(tmp_path: Path) -> None:
