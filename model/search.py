@@ -35,6 +35,12 @@ Dot = Callable[[Tensor, Tensor, Tensor], None]  # (codes (N, width), q (m,), out
 # 4-5 ms, 64k 2.9-3.2 ms. float32 codes are not cast: one product over all rows (a
 # matrix-vector product on row slices ran 3-4x slower, bench/bank.py).
 CAST_ROWS = 1 << 14
+# top-k (k > 1) of rows of at least CHUNKED_TOP_MIN scores: by chunk maxima first (`_top_chunked`).
+# Measured on the 2-core Xeon, one thread: 1M scores, k = 3 or 10, torch.topk 2.1 ms, chunked
+# 0.38-0.41 ms; a (16, 65536) block, k = 3 / 10, 1.32 -> 0.47 / 0.78 ms; k = 100 no faster.
+TOP_CHUNK = 512
+CHUNKED_TOP_MIN = 1 << 15
+CHUNKED_TOP_MAX_K = 32
 
 
 def all_finite(t: Tensor) -> bool:
@@ -92,8 +98,44 @@ def _top(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     if k == 1:  # max returns the first maximal index: ties go to the lower slot
         v, i = scores.max(dim=1, keepdim=True)
         return v, i
+    if scores.shape[1] >= CHUNKED_TOP_MIN and k <= CHUNKED_TOP_MAX_K:
+        return _top_chunked(scores, k)
     v, i = torch.topk(scores, k, dim=1, largest=True, sorted=True)
     return v, i
+
+
+def _top_chunked(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """torch.topk(scores, k) for long rows (B, n), about 3-5x sooner: one max per chunk of
+    TOP_CHUNK scores; the k-th largest chunk max is a threshold that at least k scores reach
+    (each of those chunks' own max), so the top k lie in the chunks whose max reaches it; one
+    topk over those chunks (and the tail) alone. Rows where the threshold selects many chunks
+    (ties, masked rows at -inf) take torch.topk over the whole row instead."""
+    b, n = scores.shape
+    c = TOP_CHUNK
+    n0 = n - n % c
+    chunks = scores[:, :n0].view(b, n0 // c, c)
+    best = chunks.amax(dim=2)  # (b, chunks)
+    kth = torch.topk(best, min(k, best.shape[1]), dim=1).values[:, -1:]  # (b, 1)
+    sel = best >= kth
+    per_row = sel.sum(dim=1)  # (b,)
+    most = int(per_row.max())
+    if 4 * most * c > n:
+        v, i = torch.topk(scores, k, dim=1, largest=True, sorted=True)
+        return v, i
+    rows, which = torch.nonzero(sel, as_tuple=True)  # row-major: each row's chunks in order
+    starts = torch.cumsum(per_row, 0) - per_row  # (b,): where each row's chunks begin
+    pos = torch.arange(rows.numel(), device=scores.device) - starts[rows]
+    vals = torch.full((b, most, c), -math.inf, dtype=scores.dtype, device=scores.device)
+    vals[rows, pos] = chunks[rows, which]
+    idx = torch.zeros((b, most, c), dtype=torch.int64, device=scores.device)
+    idx[rows, pos] = which.unsqueeze(1) * c + torch.arange(c, device=scores.device)
+    vals, idx = vals.view(b, most * c), idx.view(b, most * c)
+    if n0 < n:  # the tail, shorter than a chunk: every row keeps all of it
+        vals = torch.cat([vals, scores[:, n0:]], dim=1)
+        tail = torch.arange(n0, n, device=scores.device).expand(b, n - n0)
+        idx = torch.cat([idx, tail], dim=1)
+    v, j = torch.topk(vals, k, dim=1, largest=True, sorted=True)
+    return v, idx.gather(1, j)
 
 
 def _candidates(

@@ -1,0 +1,75 @@
+"""The bank's top-k over long score rows (model/search.py `_top`): by chunk maxima first, with
+exactly torch.topk's answers, and through the bank on a 100k-slot read."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from model import search
+from model.bank import MemoryBank
+
+
+def _topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    v, i = torch.topk(x, k, dim=1, largest=True, sorted=True)
+    return v, i
+
+
+@pytest.mark.parametrize("k", [2, 3, 10, 32])
+@pytest.mark.parametrize("shape", [(1, 1 << 15), (1, 100_003), (5, 65_536), (3, 40_000)])
+def test_chunked_top_k_equals_torch_topk(shape: tuple[int, int], k: int) -> None:
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(k + shape[1]))
+    assert shape[1] >= search.CHUNKED_TOP_MIN  # the chunked path runs
+    got, want = search._top(x, k), _topk(x, k)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_chunked_top_k_finds_a_top_k_packed_into_one_chunk_and_the_tail() -> None:
+    """Rows whose best scores sit in one chunk, in the tail past the last whole chunk, or
+    spread one per chunk; the rows select different numbers of chunks."""
+    n, c = 40_000, search.TOP_CHUNK  # 40,000 = 78 chunks of 512 + a tail of 64
+    # background below every top score, and different per chunk, so that no row falls back
+    x = -1.0 - 0.5 * torch.rand(3, n, generator=torch.Generator().manual_seed(0))
+    x[0, 1024:1034] = torch.arange(10, 0, -1, dtype=torch.float32)  # one chunk
+    x[1, n - 5 :] = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])  # the tail
+    x[1, 7] = 6.0
+    x[2, torch.arange(10) * c + 3] = torch.arange(1, 11, dtype=torch.float32)  # 10 chunks
+    v, i = search._top(x, 6)
+    assert i[0].tolist() == list(range(1024, 1030))
+    assert i[1].tolist() == [7, n - 5, n - 4, n - 3, n - 2, n - 1]
+    assert i[2].tolist() == [9 * c + 3, 8 * c + 3, 7 * c + 3, 6 * c + 3, 5 * c + 3, 4 * c + 3]
+    assert v[2].tolist() == [10.0, 9.0, 8.0, 7.0, 6.0, 5.0]
+
+
+def test_rows_of_ties_or_masked_slots_fall_back_to_a_full_top_k() -> None:
+    """A threshold every chunk reaches (all scores equal, or -inf outside a few allowed slots)
+    selects the whole row: the full torch.topk answers, values as torch's."""
+    n = 1 << 16
+    masked = torch.full((2, n), -math.inf)
+    masked[0, [5, 7_000, 60_000]] = torch.tensor([0.5, 0.9, 0.1])
+    masked[1, 3] = 0.2
+    v, i = search._top(masked, 3)
+    want_v, _ = _topk(masked, 3)
+    assert torch.equal(v, want_v)
+    assert i[0].tolist() == [7_000, 5, 60_000] and i[1, 0].item() == 3
+    flat = torch.zeros(1, n)
+    v, i = search._top(flat, 4)
+    assert v.tolist() == [[0.0] * 4] and len(set(i[0].tolist())) == 4
+
+
+def test_a_100k_slot_bank_reads_its_top_10_by_the_chunked_path() -> None:
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randn(100_000, 16, generator=g)
+    bank = MemoryBank(100_000, 16)
+    bank.write(codes, mode="each")
+    q = torch.randn(4, 16, generator=g)
+    exact = torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(codes, dim=1).T
+    want_v, want_i = _topk(exact, 10)
+    for row in range(4):  # one by one (the single-query scan) and as a batch (blocked)
+        one = bank.search(q[row : row + 1], 10)
+        assert one[0][0].tolist() == want_i[row].tolist()
+    slots, scores = bank.search(q, 10)
+    assert slots.tolist() == want_i.tolist()
+    assert torch.allclose(scores, want_v, atol=1e-6)
