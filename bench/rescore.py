@@ -46,12 +46,9 @@ RS = (0, 10, 32, 100)
 MAX_BYTES = 256  # bytes per item: larger storages (float32 codes of m > 64) are left out
 
 
-def storages(
-    model: Any, z: torch.Tensor, max_bytes: int | None = MAX_BYTES
-) -> list[tuple[str, int, np.ndarray]]:
+def storages(model: Any, z: torch.Tensor) -> list[tuple[str, int, np.ndarray]]:
     """(name, bytes per item, what a bank of that storage reads back) for codes z (N, m):
-    float32, int8 with the weights' code_scales, and each rate code in the file; those of
-    at most max_bytes per item (None: all)."""
+    float32, int8 with the weights' code_scales, and each rate code in the file."""
     m = model.config.m
     out = [
         ("float32", 4 * m, stored(z, "float32").numpy()),
@@ -60,7 +57,7 @@ def storages(
     for key in shipped_budgets(model.info):
         rc = RateCode.from_dict(model.info["rate_codes"][key])
         out.append((f"rate {key}", rc.code_bytes, rc.quantise(z.numpy()).astype(np.float32)))
-    return [s for s in out if max_bytes is None or s[1] <= max_bytes]
+    return out
 
 
 def scores(top: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -127,13 +124,14 @@ def bench_data(
         default = Settings().resolved_bank_dtype(model.info)  # MT_BANK_DTYPE=auto
         if default == "rate":
             default = f"rate {shipped_rate_code(model.info).code_bytes}B"
-        for storage, nbytes, bank in storages(model, zb, max_bytes=None):
-            if storage == default:
+        for storage, nbytes, bank in storages(model, zb):
+            if storage == default:  # the default storage is read at any size
                 defaults.append(
                     {"model": path.stem, "storage": storage, "bytes": nbytes}
                     | with_defaults(model, bank, te, zq.numpy(), truth)
                 )
-        for storage, nbytes, bank in storages(model, zb):
+            if nbytes > MAX_BYTES:
+                continue
             budgets.add(nbytes)
             for r, top in two_stage(model, bank, te, zq.numpy()).items():
                 rows.append(
