@@ -99,17 +99,19 @@ def _top(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
         v, i = scores.max(dim=1, keepdim=True)
         return v, i
     if scores.shape[1] >= CHUNKED_TOP_MIN and k <= CHUNKED_TOP_MAX_K:
-        return _top_chunked(scores, k)
+        found = _top_chunked(scores, k)
+        if found is not None:
+            return found
     v, i = torch.topk(scores, k, dim=1, largest=True, sorted=True)
     return v, i
 
 
-def _top_chunked(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def _top_chunked(scores: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
     """torch.topk(scores, k) for long rows (B, n), about 3-5x sooner: one max per chunk of
     TOP_CHUNK scores; the k-th largest chunk max is a threshold that at least k scores reach
     (each of those chunks' own max), so the top k lie in the chunks whose max reaches it; one
-    topk over those chunks (and the tail) alone. Rows where the threshold selects many chunks
-    (ties, masked rows at -inf) take torch.topk over the whole row instead."""
+    topk over those chunks (and the tail) alone. None when the threshold selects many chunks
+    (ties, masked rows at -inf): then a topk over the whole row is the cheaper one."""
     b, n = scores.shape
     c = TOP_CHUNK
     n0 = n - n % c
@@ -120,8 +122,7 @@ def _top_chunked(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     per_row = sel.sum(dim=1)  # (b,)
     most = int(per_row.max())
     if 4 * most * c > n:
-        v, i = torch.topk(scores, k, dim=1, largest=True, sorted=True)
-        return v, i
+        return None
     rows, which = torch.nonzero(sel, as_tuple=True)  # row-major: each row's chunks in order
     starts = torch.cumsum(per_row, 0) - per_row  # (b,): where each row's chunks begin
     pos = torch.arange(rows.numel(), device=scores.device) - starts[rows]
