@@ -232,7 +232,7 @@ class Settings(BaseSettings):
         return "rate" if isinstance(info.get("rate_default"), str) else "float32"
 
     def resolved_rescore(self, info: dict[str, Any]) -> int:
-        """MT_RESCORE with "auto" resolved against the weights' info (model.checkpoint's
+        """MT_RESCORE with "auto" resolved against the weights' info (model.codec_info's
         default_rescore: the file's rescore_default, else by the kind of codec)."""
         if self.rescore != "auto":
             return self.rescore

@@ -494,10 +494,13 @@ class ShardedEngine:
         self._check_ready()
         parts = await asyncio.gather(*(self._try(s, "stats") for s in range(len(self.shards))))
         assert self.model is not None
-        out = sharded_stats(
-            list(parts), self.model, self.capacity, uptime_s=time.time() - self.started_at
+        return sharded_stats(
+            list(parts),
+            self.model,
+            self.capacity,
+            uptime_s=time.time() - self.started_at,
+            rescore=self.rescore,
         )
-        return out | {"rescore": self.rescore}
 
     async def inspect(self, look: Callable[[Any], T]) -> T:
         """look(view) on a worker thread: the view spans every shard that answers (_View)."""

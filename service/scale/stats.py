@@ -26,7 +26,12 @@ def _shard_info(i: int, s: dict[str, Any] | None, capacity: int) -> dict[str, An
 
 
 def sharded_stats(
-    parts: list[dict[str, Any] | None], model: IDRP, capacity: int, *, uptime_s: float
+    parts: list[dict[str, Any] | None],
+    model: IDRP,
+    capacity: int,
+    *,
+    uptime_s: float,
+    rescore: int,
 ) -> dict[str, Any]:
     """The /stats answer from each shard's engine stats (None: the shard did not answer)."""
     up = [p for p in parts if p is not None]
@@ -50,6 +55,7 @@ def sharded_stats(
         "model": model.name,
         "fingerprint": model.fingerprint,
         "bank_dtype": dtype,
+        "rescore": rescore,
         **{k: sum(p[k] for p in up) for k in (*SUMMED[1:], *SUMMED_TOO)},
         "counts": {
             "min": min((p["counts"]["min"] for p in counted), default=0),
