@@ -76,6 +76,57 @@ def first_free(occupied: Tensor, n: int, chunk: int = 1 << 16) -> list[int]:
     return out
 
 
+# The order key of a slot: (count, touched) in one int64, counts and relative ticks being
+# below 2**31 (model.state); NEVER marks slots that may not be chosen.
+KEY_SHIFT = 31
+NEVER = torch.iinfo(torch.int64).max
+KEY_CHUNK = 1 << 16
+
+
+def order_keys(p: Policy, evictable: Tensor, start: int, stop: int, out: Tensor) -> Tensor:
+    """(aged count, last touched) of slots start..stop as one int64 key, NEVER where the slot
+    is not evictable: comparing keys compares (count, touched). Written into `out` (2, >= stop -
+    start) int64, which a caller reuses from chunk to chunk: fresh half-MB tensors cost their
+    page faults again every time, and so does an int32 operand promoted by an int64 add."""
+    s = slice(start, stop)
+    touched = torch.maximum(p.last_write[s], p.last_access[s])
+    key, wide = out[:, : touched.numel()]
+    key.copy_(aged(p.counts[s], touched, p.tick, p.decay_ticks))
+    key.bitwise_left_shift_(KEY_SHIFT).add_(wide.copy_(touched))
+    return key.masked_fill_(~evictable[s], NEVER)
+
+
+def lowest(n: int, p: Policy, evictable: Tensor, chunk: int = KEY_CHUNK) -> list[int]:
+    """The n evictable slots lowest in (count, touched, slot), in that order (n <= the number
+    of evictable slots). Each chunk of slots gives its own lowest n and the union holds the
+    answer, so no key or index tensor of the whole bank is made (at 1M slots a whole-bank
+    kthvalue cost ~0.1 s a write)."""
+    out = torch.empty(2, min(chunk, evictable.numel()), dtype=torch.int64, device=evictable.device)
+    slots, keys = [], []
+    for start in range(0, evictable.numel(), chunk):
+        key = order_keys(p, evictable, start, start + chunk, out)
+        idx = _chunk_lowest(key, min(n, key.numel()))
+        slots.append(idx + start)
+        keys.append(key[idx])
+    slot, key = torch.cat(slots), torch.cat(keys)
+    by_slot = torch.argsort(slot)
+    slot, key = slot[by_slot], key[by_slot]
+    return slot[torch.argsort(key, stable=True)[:n]].tolist()
+
+
+def _chunk_lowest(key: Tensor, k: int) -> Tensor:
+    """Indices of the k lowest (key, index) of one chunk, in any order, leaving out NEVER: every
+    key below the k-th smallest, then the first indices at it."""
+    if k == 1:
+        idx = torch.argmin(key).reshape(1)  # argmin: the first of equal minima
+    else:
+        kth = torch.topk(key, k, largest=False, sorted=False).values.max()
+        below = torch.nonzero(key < kth).squeeze(1)
+        at = torch.nonzero(key == kth).squeeze(1)[: k - below.numel()]
+        idx = torch.cat([below, at])
+    return idx[key[idx] != NEVER]
+
+
 def choose(n: int, p: Policy, within: Tensor | None = None, use_free: bool = True) -> Plan:
     """Slots for n new codes (n <= capacity, checked by callers): free first (use_free), then
     the LFU occupied slots that are not pinned (and, given `within`, among those slots only).
@@ -87,31 +138,14 @@ def choose(n: int, p: Policy, within: Tensor | None = None, use_free: bool = Tru
     evictable = p.occupied if p.pinned is None else p.occupied & ~p.pinned
     if within is not None:
         evictable = evictable & within
-    cand = torch.nonzero(evictable).squeeze(1)  # (U,), ascending slot
-    if cand.numel() < need:
+    available = int(torch.count_nonzero(evictable))
+    if available < need:
         where = " of the namespace, at its quota," if within is not None else ""
         raise BankFull(
-            f"a write of {n} needs {need} slot(s) to evict but only {cand.numel()}{where} are "
+            f"a write of {n} needs {need} slot(s) to evict but only {available}{where} are "
             "not pinned: unpin or delete slots first"
         )
-    touched = torch.maximum(p.last_write[cand], p.last_access[cand])
-    count = aged(p.counts[cand], touched, p.tick, p.decay_ticks)
-    # Select the `need` smallest (count, touched, slot) in O(U): threshold on count, then
-    # on touched among the tied, then the lowest slots; sort only the few chosen.
-    c_kth = torch.kthvalue(count, need).values
-    take = count < c_kth
-    tied = count == c_kth
-    r = need - int(take.sum().item())
-    t_kth = torch.kthvalue(touched[tied], r).values
-    take |= tied & (touched < t_kth)
-    last = torch.nonzero(tied & (touched == t_kth)).squeeze(1)
-    take[last[: need - int(take.sum().item())]] = True
-    sel = cand[take]
-    sel_count, sel_touched = count[take], touched[take]
-    # Order the selected by (count, touched, slot): sel is already by slot; stable sorts.
-    o = torch.argsort(sel_touched, stable=True)
-    o = o[torch.argsort(sel_count[o], stable=True)]
-    evicted = sel[o].tolist()
+    evicted = lowest(need, p, evictable)
     return Plan(chosen + evicted, evicted)
 
 
