@@ -31,21 +31,24 @@ def exact_cosines(bank: MemoryBank, queries: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "int8", "rate"])
 @pytest.mark.parametrize("batch", [1, 300])
-def test_scan_over_stored_codes_equals_the_float32_cosine(dtype: str, batch: int) -> None:
+@pytest.mark.parametrize("top_k", [1, 5])
+def test_scan_over_stored_codes_equals_the_float32_cosine(
+    dtype: str, batch: int, top_k: int
+) -> None:
     """Across several blocks (batch 1: CAST_ROWS rows per cast block; batch 300: the score
-    block) the top 5 are the exact top 5 of the dequantised codes, scores to 1e-5."""
+    block) the top k are the exact top k of the dequantised codes, scores to 1e-5."""
     g = torch.Generator().manual_seed(7)
     n = 2 * CAST_ROWS + 123
     bank = make_bank(n, 4, dtype)
     bank.write(torch.randn(n - 50, 4, generator=g), mode="each")  # 50 slots stay free
     queries = torch.randn(batch, 4, generator=g)
-    r = bank.read(queries, top_k=5)
+    r = bank.read(queries, top_k=top_k)
     exact = exact_cosines(bank, queries)
-    top = torch.topk(exact, 5, dim=1).values  # (int8 codes tie often: compare scores)
+    top = torch.topk(exact, top_k, dim=1).values  # (int8 codes tie often: compare scores)
     assert torch.allclose(r.scores.double(), top, atol=1e-5, rtol=0)
     assert torch.allclose(exact.gather(1, r.slots), top, atol=1e-5, rtol=0)
     assert bank.occupied[r.slots].all()
-    assert all(len(set(row)) == 5 for row in r.slots.tolist())
+    assert all(len(set(row)) == top_k for row in r.slots.tolist())
 
 
 def test_a_free_slot_never_answers_even_when_every_score_is_negative() -> None:

@@ -208,6 +208,24 @@ def test_blocked_search_matches_brute_force(top_k: int, monkeypatch: pytest.Monk
     assert bank._block is not None and bank._block.numel() == 16 * max(top_k, 64)
 
 
+def test_blocked_top1_ties_go_to_the_lower_slot_across_blocks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(search, "BLOCK_ELEMENTS", 1 << 10)  # 16 queries -> blocks of 64 slots
+    g = torch.Generator().manual_seed(6)
+    bank = MemoryBank(300, 4)
+    bank.assign(torch.arange(300), torch.randn(300, 4, generator=g) * 0.01)
+    twin = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    for slot in (250, 70, 190):  # the same code in three blocks, written last-block first
+        bank.assign([slot], twin)
+    bank.delete(5)  # a free slot in the first block
+    queries = torch.cat([twin, torch.randn(15, 4, generator=g)])
+    r = bank.read(queries, top_k=1)
+    assert r.slots[0, 0].item() == 70
+    singles = torch.cat([bank.search(q.unsqueeze(0), 1)[0] for q in queries])
+    assert torch.equal(r.slots, singles)
+
+
 def test_zero_vectors_score_zero_never_nan() -> None:
     bank = MemoryBank(3, 2)
     bank.write(torch.tensor([[0.0, 0.0], [3.0, 4.0]]), mode="each")

@@ -73,3 +73,20 @@ def test_a_100k_slot_bank_reads_its_top_10_by_the_chunked_path() -> None:
     slots, scores = bank.search(q, 10)
     assert slots.tolist() == want_i.tolist()
     assert torch.allclose(scores, want_v, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 1023), (1, 1024), (1, 100_003), (7, 4096), (3, 40_000)])
+def test_first_max_equals_torch_max_first_index(shape: tuple[int, int]) -> None:
+    """Top 1 by chunk maxima: torch.max's value and first maximal index, also where the
+    maximum repeats across chunks, sits in the tail, or the row is all -inf."""
+    g = torch.Generator().manual_seed(shape[1])
+    x = torch.randint(-50, 50, shape, generator=g).float()  # many ties at the maximum
+    n = shape[1]
+    if shape[0] > 2:
+        x[1, n - 1] = 1000.0  # the maximum, once, at the last index (in the tail if any)
+        x[2] = -math.inf
+    got_v, got_i = search._top(x, 1)
+    want_v, want_i = x.max(dim=1, keepdim=True)
+    assert torch.equal(got_v, want_v) and torch.equal(got_i, want_i)
+    if shape[0] > 2:
+        assert got_i[:3, 0].tolist() == [int(want_i[0]), n - 1, 0]
