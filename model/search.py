@@ -222,6 +222,8 @@ def _best(scores: Callable[[int, Tensor], Tensor], starts: list[int], qs: Tensor
     maximum alone (amax, ~15x cheaper than a max with its index), then each query's first
     block reaching its maximum scored again, for the queries it won alone, to find the slot
     (the first of equal maxima, as max gives)."""
+    if len(starts) == 1:  # one block: its scores are all there is
+        return _first_max(scores(starts[0], qs))[1]
     b = qs.shape[0]
     best = torch.empty(len(starts), b, dtype=torch.float32, device=qs.device)
     for j, start in enumerate(starts):
