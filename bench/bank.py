@@ -380,8 +380,8 @@ def render(report: dict[str, Any]) -> str:
             "",
             "The bank scans the codes it stores (no float32 copy): per slot it reads the code "
             "and one float32 inverse norm. floor = one `torch.sum` pass over a float32 buffer "
-            "of that many bytes, timed in turn with the read (this CPU's 480 MiB L3 holds "
-            "the whole bank, so the floor is the cache's bandwidth, not DRAM's). faiss: "
+            "of that many bytes, timed in turn with the read (where the CPU's L3 holds the "
+            "whole bank, the floor is the cache's bandwidth, not DRAM's). faiss: "
             "IndexFlatIP over the same codes, dequantised to unit-length float32.",
             "",
             "| dtype | scanned MiB | read, 1 query, ms | floor ms | read / floor "
