@@ -340,9 +340,10 @@ def render(report: dict[str, Any]) -> str:
         "inverse norm per slot, faiss the same codes scaled to unit length (a copy); "
         "the bank's read includes its bookkeeping (counts, ticks, stats). faiss is the pip "
         "faiss-cpu wheel with its defaults (OpenBLAS; batches of 20 or more queries go through "
-        "sgemm). Single queries: the bank spends a fixed ~0.1-0.3 ms on about 40 small torch "
-        "ops (validation, per-pair scores, sequential counts, ticks), which faiss's bare scan "
-        "does not have; at 1M slots both stream the whole matrix and the memory bus decides.",
+        "sgemm). Single queries: the bank scans in one compiled pass (model/onepass.py) and "
+        "spends a fixed ~0.1-0.2 ms on about 25 small torch ops (validation, the returned "
+        "slot's exact score, counts, ticks), which faiss's bare scan does not have; at 1M "
+        "slots both stream the whole matrix and the memory bus decides.",
         "",
         "On a shared machine, prefer `--threads 1`: with 2 OpenMP threads per side and other "
         "jobs running, barrier waits swamped both libraries.",
@@ -379,9 +380,11 @@ def render(report: dict[str, Any]) -> str:
             f"## Storage dtypes: {d['N']:,} slots, m={d['m']}",
             "",
             "The bank scans the codes it stores (no float32 copy): per slot it reads the code "
-            "and one float32 inverse norm. floor = one `torch.sum` pass over a float32 buffer "
-            "of that many bytes, timed in turn with the read (where the CPU's L3 holds the "
-            "whole bank, the floor is the cache's bandwidth, not DRAM's). faiss: "
+            "and one float32 inverse norm; a single top-1 read is one pass of model/onepass.py's "
+            "kernel over both, plus the read's bookkeeping. floor = one `torch.sum` pass over "
+            "a float32 buffer of that many bytes, timed in turn with the read (where the "
+            "CPU's L3 holds the whole bank, the floor is the cache's bandwidth, not DRAM's). "
+            "faiss: "
             "IndexFlatIP over the same codes, dequantised to unit-length float32.",
             "",
             "| dtype | scanned MiB | read, 1 query, ms | floor ms | read / floor "

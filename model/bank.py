@@ -39,6 +39,7 @@ from model.ops import Assign, Clear, Forget, Free, Op, Pin, combine
 from model.quant import Quantiser, RateTables
 from model.ratecode import RateCode
 from model.search import all_finite, inverse_norms, rank_in_order, search
+from model.search import warm as warm_scans  # model/onepass.py's kernels
 from model.slots import META_KEYS, SlotMeta
 from model.state import COUNT_MAX, COUNTER_NAMES, DTYPES, TICK_MAX, rebase_ticks, state_problem
 
@@ -271,7 +272,8 @@ class MemoryBank:
         return self.quant.has_dot and self.device.type == "cpu"
 
     def warm(self) -> None:
-        """Load (or compile) the single-query scan kernel now, not in the first read."""
+        """Load (or compile) the single-query scan kernels now, not in the first read."""
+        warm_scans(self.codes)
         if self._scans_compiled:
             self.quant.warm()
 
@@ -353,6 +355,8 @@ class MemoryBank:
             decode=self.quant.dequantise if self.quant.packed else None,
             dot=self.quant.dot if self._scans_compiled else None,
         )
+        if kk == k:  # top_k within the capacity: no padding columns
+            return torch.where(valid, cand, -1), scores
         slots = torch.full((b, k), -1, dtype=torch.int64, device=dev)
         out_scores = torch.zeros((b, k), dtype=torch.float32, device=dev)
         slots[:, :kk] = torch.where(valid, cand, -1)
@@ -364,6 +368,8 @@ class MemoryBank:
         best first with -1 after its hits: counts, last_access, tick, reads, hits, misses, as
         `read` does; returns each entry's count right after its hit (0 where -1)."""
         b, k = slots.shape
+        if b == 1 and k == 1 and self.device.type == "cpu":
+            return self._touch_one(int(slots[0, 0]))
         out_counts = torch.zeros((b, k), dtype=torch.int64, device=self.device)
         flat = slots.reshape(-1)  # (B * k,), query-major: the order B single reads would take
         hit_pos = torch.nonzero(flat >= 0).squeeze(1)  # (H,)
@@ -387,6 +393,24 @@ class MemoryBank:
         self.hits += n_hit
         self.misses += b - n_hit
         return out_counts
+
+    def _touch_one(self, slot: int) -> Tensor:
+        """`touch` of one top-1 read on the CPU, through numpy views of the columns: a dozen
+        torch calls on one element cost ~50 us, more than the scan of a 100k-slot bank."""
+        self._make_room(1)
+        count = 0
+        if slot >= 0:
+            counts = self.counts.numpy()
+            count = min(int(counts[slot]) + 1, COUNT_MAX)  # saturate: a count never wraps
+            counts[slot] = count
+            last = self.last_access.numpy()
+            last[slot] = max(int(last[slot]), self.tick - self.tick_base + 1)
+            self.hits += 1
+        else:
+            self.misses += 1
+        self.tick += 1
+        self.reads += 1
+        return torch.tensor([[count]], dtype=torch.int64)
 
     # ------------------------------------------------------------------ write
 

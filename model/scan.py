@@ -8,7 +8,9 @@ norms and ranks. Both release the GIL while they run.
 - int8 (`int8_dot`): out[i] = q . codes[i] with the int8 values widened to float32 (the caller
   folds the per-dimension scales into q). Compiled with fastmath, so that LLVM vectorises the
   sum: 2.6 ms at 1M x 16 on one thread here; the whole read with torch's cast-then-product
-  blocks took 5.7 ms, with the kernel 5.0 (bench/results/bank.md).
+  blocks took 5.7 ms, with the kernel 5.0. Single reads over the whole bank take
+  model/onepass.py's fused kernels instead (top 1: 0.8 ms); this one serves reads of one
+  namespace, and of a top k too large for the bank to gain from chunk maxima.
 - rate (`rate_dot`): a rate code (model/quant.py) keeps, per dimension j, an index of bits[j]
   bits into its own levels, packed most significant bit first. Decoding N of them costs about
   seven torch passes over N x m values (byte pairs, a gather per dimension, shift, mask,

@@ -10,7 +10,9 @@ the quantiser's `decode` instead of cast), a product with the block's inverse no
 free-slot mask and a top-k (top 1: each block's maximum alone, then the block that won a query
 scored again for the queries it won, to find the slot): no Python loop over slots or queries.
 The block's scores stay in cache between the product and the top-k that consumes it, and no
-N x B score matrix exists.
+N x B score matrix exists. A single top-1 query over int8, float16 or float32 codes on the CPU
+takes one compiled pass instead (model/onepass.py: scores and running maxima in registers, at
+the memory-bandwidth floor), falling back to the masked scan when a free slot wins.
 Returned scores are recomputed per (query, slot) pair from the dequantised codes, so they do
 not depend on the batch or the blocking. Ties between equal scores go to the lower slot for
 top_k = 1; for top_k > 1 a tie at the k-th place may go to either slot. Zero vectors score 0,
@@ -25,7 +27,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["all_finite", "inverse_norms", "rank_in_order", "search", "unit_rows"]
+from model import onepass
+
+__all__ = ["all_finite", "inverse_norms", "rank_in_order", "search", "unit_rows", "warm"]
 
 # Score-matrix elements per block in `search` (4 MiB of float32): a (B, rows) block stays in
 # cache between the matrix product and the top-k that consumes it, and the buffer stays small at
@@ -266,15 +270,27 @@ def _single(
     decode: Callable[[Tensor], Tensor] | None = None,
     dot: Dot | None = None,
 ) -> Tensor:
-    """One query (m,): every score into one (N,) vector, one product with the inverse norms,
-    one top-k; (1, k) slots. float32 codes take one matrix-vector product; float16 and int8
-    are cast CAST_ROWS rows at a time into a buffer that stays in L2 and packed codes decoded
-    CAST_ROWS rows at a time, unless `dot` scores them in one compiled pass (model/scan.py).
+    """One query (m,): over all slots (zero_free), int8, float16 and float32 codes on the CPU
+    take one fused pass (model/onepass.py: the top 1, or the chunk maxima that hold the top
+    k); otherwise every score into one (N,) vector, one product with the inverse norms, one
+    top-k; (1, k) slots. There, float32 codes take
+    one matrix-vector product; float16 and int8 are cast CAST_ROWS rows at a time into a
+    buffer that stays in L2 and packed codes decoded CAST_ROWS rows at a time, unless `dot`
+    scores them in one compiled pass (model/scan.py).
 
     With zero_free the free-slot mask is applied only when needed: a free slot scores exactly
     0 and cannot outrank an occupied slot of positive score, so the mask pass is skipped
     unless a free slot made the top k (then the top k is taken again, masked)."""
     n, m = codes.shape[0], q.shape[0]
+    if zero_free and decode is None and _fused(codes):
+        if k == 1:
+            slot, _ = onepass.best(codes, q, inv)
+            if slot >= 0 and bool(allowed[slot]):  # else a free slot (score 0) won: masked
+                return torch.tensor([[slot]], dtype=torch.int64)
+        else:
+            found = onepass.top(codes, q, inv, k)  # None: a small bank, or ties
+            if found is not None and bool(allowed[found].all()):
+                return found.unsqueeze(0)
     scores = torch.empty(n, dtype=torch.float32, device=codes.device)
     if dot is not None:
         dot(codes, q, scores)
@@ -296,6 +312,17 @@ def _single(
         scores.masked_fill_(~allowed, -math.inf)
         _, cand = _top(scores.unsqueeze(0), k)
     return cand
+
+
+def _fused(codes: Tensor) -> bool:
+    """Whether model/onepass.py's kernel scans these codes (int8, float16, float32 on the CPU)."""
+    return codes.device.type == "cpu" and codes.dtype in onepass.DTYPES and codes.is_contiguous()
+
+
+def warm(codes: Tensor) -> None:
+    """Compile the single-query top-1 kernel for these codes now, not in the first read."""
+    if _fused(codes):
+        onepass.kernels(codes.dtype, codes.shape[1])
 
 
 def search(

@@ -1,0 +1,368 @@
+"""One query's best slots over the stored codes, in one pass at memory speed (LLVM IR kernels).
+
+A single-query read scores every slot, `(q . code_i) * inv_i`, and keeps the best. torch does
+that in three passes (a matrix-vector product into an (N,) vector, the product with the
+inverse norms, the top-k), and numba's loop over slots stalls on the running maximum and on
+one horizontal sum per slot. These kernels make one pass over the stored codes and their
+inverse norms and keep only running maxima in registers:
+
+- `best` (top 1): the first slot of the largest score, the answer of torch's `max`;
+- `maxima` (CHUNK slots per maximum), for `top` (top k): the k-th largest chunk maximum is a
+  score at least k slots reach, so the top k lie in the chunks reaching it, which torch scores
+  again and ranks alone (a few thousand scores instead of N).
+
+How the pass is laid out:
+
+- 16 slots per step: each slot's m products in a vector, then a transpose-and-add tree of
+  shuffles that turns the 16 product vectors into one vector of 16 sums (15 adds, no
+  horizontal sum per slot);
+- int8 codes with m a multiple of 4 are read as 32-bit words, 4 codes each, and the bytes
+  taken out by shifts (integer ports) instead of a sign-extending shuffle per slot (the
+  shuffle port was the limit); float16 codes are widened by the CPU's conversion, float32
+  codes read as they are;
+- lane t keeps the first maximum of the slots it saw (a strict >), so the first of equal
+  maxima over all lanes is the lowest slot among the lanes holding the maximum (`best`).
+
+Measured at 1M x 16, one thread, on the 2-core Xeon, `best` alone: int8 0.77-0.86 ms against
+a 0.67 ms one-pass `torch.sum` floor (numba's loop: 2.9 ms), float16 1.21 ms (floor 1.21),
+float32 2.30 ms (floor 2.30); `top` of 3: int8 ~1.06 ms (numba's scores, the product with
+the inverse norms and the chunked top-k: ~3.5 ms). Whole reads: bench/results/bank.md.
+
+The IR is generated per (dtype, m), compiled with llvmlite (numba's LLVM, already a serving
+dependency: no C compiler at run time) for the host CPU's features, once per process (~20 ms),
+and called through ctypes, which releases the GIL. The sums' order differs from torch's, so a
+score may differ in its last bits: the kernel only finds the slot, whose returned score
+model/search.py recomputes per pair. CPU tensors only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+import sys
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["CHUNK", "DTYPES", "LANES", "best", "kernels", "maxima", "top"]
+
+LANES = 16  # slots per step; the kernel scans the first N - N % LANES slots, torch the rest
+CHUNK = 512  # slots per maximum of `maxima` (a multiple of LANES)
+DTYPES = {torch.int8: "i8", torch.float16: "half", torch.float32: "float"}
+_NEG_INF = "0xFFF0000000000000"  # -inf as LLVM IR writes a float constant
+
+
+class Kernels(NamedTuple):
+    """One dtype and width's compiled scans (ctypes functions over raw pointers)."""
+
+    best: Callable[[int, int, int, int, int, int], None]  # codes, inv, nb, q, values, slots
+    maxima: Callable[[int, int, int, int, int], None]  # codes, inv, nb, q, chunk maxima
+    engine: object  # llvmlite's execution engine: the machine code lives as long as it does
+
+
+def best(codes: Tensor, q: Tensor, inv: Tensor) -> tuple[int, float]:
+    """The first slot i with the largest (q . codes[i]) * inv[i], and that score, for codes
+    (N, m) int8, float16 or float32 (contiguous, on the CPU), q (m,) and inv (N,) float32;
+    (-1, -inf) when N is 0 (or no score beats -inf)."""
+    n, m = codes.shape
+    q = q.to(torch.float32).contiguous()
+    nb = n - n % LANES
+    slot, value = -1, -math.inf
+    if nb:
+        values = np.empty(LANES, dtype=np.float32)  # numpy: ~10x cheaper than torch at 16
+        slots = np.empty(LANES, dtype=np.int64)
+        out = (values.ctypes.data, slots.ctypes.data)
+        kernels(codes.dtype, m).best(codes.data_ptr(), inv.data_ptr(), nb, q.data_ptr(), *out)
+        top = values.max()
+        if top > -math.inf:
+            slot, value = int(slots[values == top].min()), float(top)
+    if nb < n:  # the last N % LANES slots
+        tail = (codes[nb:].to(torch.float32) @ q) * inv[nb:]
+        v, i = tail.max(dim=0)
+        if float(v) > value:  # strictly: on a tie the lower slot, in the kernel's part, wins
+            slot, value = nb + int(i), float(v)
+    return slot, value
+
+
+def maxima(codes: Tensor, q: Tensor, inv: Tensor) -> Tensor:
+    """The largest (q . codes[i]) * inv[i] of each CHUNK slots [c * CHUNK, (c + 1) * CHUNK),
+    (ceil(N / CHUNK),) float32, in one pass (the last chunk may be shorter)."""
+    n, m = codes.shape
+    q = q.to(torch.float32).contiguous()
+    nb = n - n % LANES
+    out = torch.full((-(-n // CHUNK),), -math.inf, dtype=torch.float32)
+    if nb:
+        kernels(codes.dtype, m).maxima(
+            codes.data_ptr(), inv.data_ptr(), nb, q.data_ptr(), out.data_ptr()
+        )
+    if nb < n:  # the last N % LANES slots: in the last chunk
+        tail = float(((codes[nb:].to(torch.float32) @ q) * inv[nb:]).max())
+        out[-1] = max(float(out[-1]), tail)
+    return out
+
+
+def top(codes: Tensor, q: Tensor, inv: Tensor, k: int) -> Tensor | None:
+    """The slots (k,) of the k largest (q . codes[i]) * inv[i], best first, for 1 < k and
+    k * CHUNK well below N: the chunk maxima in one pass; the k-th largest of them is a score
+    that at least k slots reach, so the top k lie in the chunks whose maximum reaches it,
+    scored again (torch) and ranked alone. None when that selects more than a quarter of the
+    bank (ties, free slots at 0): then one scan of every score is the cheaper way."""
+    n = codes.shape[0]
+    if 4 * k * CHUNK > n:  # the chunks that hold the top k alone would exceed a quarter
+        return None
+    best_of = maxima(codes, q, inv)
+    kth = torch.topk(best_of, k).values[-1]
+    chunks = torch.nonzero(best_of >= kth).squeeze(1)
+    if 4 * chunks.numel() * CHUNK > n:
+        return None
+    rows = (chunks.unsqueeze(1) * CHUNK + torch.arange(CHUNK)).reshape(-1)
+    rows = rows[rows < n]
+    scores = (codes[rows].to(torch.float32) @ q.to(torch.float32)) * inv[rows]
+    return rows[torch.topk(scores, k).indices]
+
+
+@functools.cache
+def kernels(dtype: torch.dtype, m: int) -> Kernels:
+    """The compiled scans for codes of this dtype and width (cached: compiled once, ~20 ms)."""
+    import llvmlite.binding as llvm  # numba's LLVM; loaded with the first scan, not the import
+
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    machine = llvm.Target.from_default_triple().create_target_machine(
+        cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3
+    )
+    module = llvm.parse_assembly(kernel_ir(DTYPES[dtype], m))
+    module.verify()
+    passes = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
+    passes.getModulePassManager().run(module, passes)
+    engine = llvm.create_mcjit_compiler(module, machine)
+    engine.finalize_object()
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    best_fn = ctypes.CFUNCTYPE(None, ptr, ptr, i64, ptr, ptr, ptr)
+    maxima_fn = ctypes.CFUNCTYPE(None, ptr, ptr, i64, ptr, ptr)
+    return Kernels(
+        best=best_fn(engine.get_function_address("best")),
+        maxima=maxima_fn(engine.get_function_address("maxima")),
+        engine=engine,
+    )
+
+
+def _words(el: str, m: int) -> bool:
+    """int8 codes read as 32-bit words (4 codes each, little-endian): m a multiple of 4 whose
+    words per slot divide 16 or are a multiple of 16 (m = 4, 8, 16, 32, 64, 128, 192, ...)."""
+    r = m // 4
+    return el == "i8" and m % 4 == 0 and (16 % r == 0 or r % 16 == 0) and sys.byteorder == "little"
+
+
+def kernel_ir(el: str, m: int) -> str:
+    """LLVM IR of both scans of slots [0, nb) (nb a multiple of LANES, m floats at q):
+    `best(codes, inv, nb, q, out_values, out_slots)` writes each lane's best value and slot
+    (LANES of each; slot -1 where a lane saw nothing above -inf); `maxima(codes, inv, nb, q,
+    out)` the largest score of each CHUNK slots."""
+    lines: list[str] = []
+    prelude: list[str] = [f"%qv = load <{m} x float>, ptr %q, align 4"]
+    vecs = _words_products(m, lines, prelude) if _words(el, m) else _products(el, m, lines)
+    total, order = _tree(lines, vecs)
+    perm = ", ".join(f"i32 {s}" for s in order)
+    lanes = ", ".join(f"i64 {s}" for s in order)
+    pre = "\n  ".join(prelude)
+    v, f, i = f"<{LANES} x float>", f"<{LANES} x i1>", f"<{LANES} x i64>"
+    lines += [  # both scans' step: scores of slots [i, i + LANES), lane maxima %bv -> %bv1
+        "%ip = getelementptr float, ptr %inv, i64 %i",
+        f"%iv0 = load {v}, ptr %ip, align 4",
+        f"%iv = shufflevector {v} %iv0, {v} poison, <{LANES} x i32> <{perm}>",
+        f"%val = fmul {v} {total}, %iv",
+        f"%gt = fcmp ogt {v} %val, %bv",
+        f"%bv1 = select {f} %gt, {v} %val, {v} %bv",
+    ]
+    step = "\n  ".join([f"%base = mul i64 %i, {m}", *lines])
+    return f"""
+define void @best(ptr noalias %codes, ptr noalias %inv, i64 %nb, ptr noalias %q,
+                  ptr %ov, ptr %oi) {{
+entry:
+  {pre}
+  %any = icmp sgt i64 %nb, 0
+  br i1 %any, label %body, label %exit
+body:
+  %i = phi i64 [0, %entry], [%i1, %body]
+  %bv = phi {v} [splat (float {_NEG_INF}), %entry], [%bv1, %body]
+  %bi = phi {i} [splat (i64 -1), %entry], [%bi1, %body]
+  {step}
+  %i0 = insertelement {i} poison, i64 %i, i32 0
+  %isp = shufflevector {i} %i0, {i} poison, <{LANES} x i32> zeroinitializer
+  %idx = add {i} %isp, <{lanes}>
+  %bi1 = select {f} %gt, {i} %idx, {i} %bi
+  %i1 = add nuw nsw i64 %i, {LANES}
+  %more = icmp slt i64 %i1, %nb
+  br i1 %more, label %body, label %exit
+exit:
+  %fv = phi {v} [splat (float {_NEG_INF}), %entry], [%bv1, %body]
+  %fi = phi {i} [splat (i64 -1), %entry], [%bi1, %body]
+  store {v} %fv, ptr %ov, align 4
+  store {i} %fi, ptr %oi, align 8
+  ret void
+}}
+
+define void @maxima(ptr noalias %codes, ptr noalias %inv, i64 %nb, ptr noalias %q,
+                    ptr noalias %om) {{
+entry:
+  {pre}
+  br label %chunk
+chunk:
+  %ch = phi i64 [0, %entry], [%ch1, %close]
+  %lo = mul i64 %ch, {CHUNK}
+  %hi0 = add i64 %lo, {CHUNK}
+  %cut = icmp slt i64 %nb, %hi0
+  %hi = select i1 %cut, i64 %nb, i64 %hi0
+  br label %body
+body:
+  %i = phi i64 [%lo, %chunk], [%i1, %body]
+  %bv = phi {v} [splat (float {_NEG_INF}), %chunk], [%bv1, %body]
+  {step}
+  %i1 = add nuw nsw i64 %i, {LANES}
+  %more = icmp slt i64 %i1, %hi
+  br i1 %more, label %body, label %close
+close:
+  %top = call float @llvm.vector.reduce.fmax.v{LANES}f32({v} %bv1)
+  %mp = getelementptr float, ptr %om, i64 %ch
+  store float %top, ptr %mp, align 4
+  %ch1 = add nuw nsw i64 %ch, 1
+  %again = icmp slt i64 %hi, %nb
+  br i1 %again, label %chunk, label %exit
+exit:
+  ret void
+}}
+
+declare float @llvm.vector.reduce.fmax.v{LANES}f32({v})
+"""
+
+
+def _shuffle(name: str, a: str, b: str, mask: list[int], width: int) -> str:
+    picks = ", ".join(f"i32 {x}" for x in mask)
+    w = f"<{width} x float>"
+    return f"{name} = shufflevector {w} {a}, {w} {b}, <{len(mask)} x i32> <{picks}>"
+
+
+def _products(el: str, m: int, lines: list[str]) -> list[tuple[str, list[int], int]]:
+    """Per slot t of the step: its m products, widened to float32 and folded into LANES lanes
+    (zero-padded to a multiple of LANES, the pieces added): (vector, lane -> slot, width)."""
+    wide = -(-m // LANES) * LANES
+    vecs = []
+    for t in range(LANES):
+        lines += [
+            f"%o{t} = add i64 %base, {t * m}",
+            f"%p{t} = getelementptr {el}, ptr %codes, i64 %o{t}",
+            f"%c{t} = load <{m} x {el}>, ptr %p{t}, align 1",
+        ]
+        code = f"%c{t}"
+        if el != "float":
+            cast = "sitofp" if el == "i8" else "fpext"
+            lines.append(f"%cf{t} = {cast} <{m} x {el}> %c{t} to <{m} x float>")
+            code = f"%cf{t}"
+        lines.append(f"%x{t} = fmul reassoc nsz <{m} x float> {code}, %qv")
+        cur = f"%x{t}"
+        if wide != m:
+            pad = [j if j < m else m for j in range(wide)]
+            lines.append(_shuffle(f"%xp{t}", cur, "zeroinitializer", pad, m))
+            cur = f"%xp{t}"
+        acc = cur
+        if wide > LANES:
+            pieces = []
+            for g in range(wide // LANES):
+                mask = list(range(g * LANES, (g + 1) * LANES))
+                lines.append(_shuffle(f"%xc{t}_{g}", cur, "poison", mask, wide))
+                pieces.append(f"%xc{t}_{g}")
+            acc = pieces[0]
+            for g, piece in enumerate(pieces[1:]):
+                lines.append(f"%xa{t}_{g} = fadd reassoc nsz <{LANES} x float> {acc}, {piece}")
+                acc = f"%xa{t}_{g}"
+        vecs.append((acc, [t] * LANES, LANES))
+    return vecs
+
+
+def _words_products(
+    m: int, lines: list[str], prelude: list[str]
+) -> list[tuple[str, list[int], int]]:
+    """int8 read as 32-bit words: the step's LANES * m bytes are r = m / 4 vectors of 16 words;
+    byte k of every word is (word << (24 - 8k)) >> 24 (arithmetic), widened and multiplied by
+    the query's dimensions in that word's byte k. r <= 16: each vector holds 16 / r slots, r
+    lanes each; r > 16: each slot spans r / 16 vectors, added into one."""
+    r = m // 4
+    per_slot = max(r // LANES, 1)  # vectors per slot
+    lane_span = min(r, LANES)  # lanes per slot within a vector
+    for v in range(per_slot):
+        for k in range(4):
+            dims = [4 * (v * LANES + w % lane_span) + k for w in range(LANES)]
+            prelude.append(_shuffle(f"%q{v}_{k}", "%qv", "poison", dims, m))
+    partial: list[str] = []
+    for g in range(r):
+        lines += [
+            f"%wo{g} = add i64 %base, {g * 64}",
+            f"%wp{g} = getelementptr i8, ptr %codes, i64 %wo{g}",
+            f"%w{g} = load <16 x i32>, ptr %wp{g}, align 1",
+        ]
+        acc = None
+        for k in range(4):
+            x = f"%w{g}"
+            if k < 3:
+                lines.append(f"%ws{g}_{k} = shl <16 x i32> %w{g}, splat (i32 {24 - 8 * k})")
+                x = f"%ws{g}_{k}"
+            lines += [
+                f"%wa{g}_{k} = ashr <16 x i32> {x}, splat (i32 24)",
+                f"%wf{g}_{k} = sitofp <16 x i32> %wa{g}_{k} to <16 x float>",
+                f"%wm{g}_{k} = fmul reassoc nsz contract <16 x float> %wf{g}_{k}, "
+                f"%q{g % per_slot}_{k}",
+            ]
+            if acc is not None:
+                add = f"fadd reassoc nsz contract <16 x float> {acc}, %wm{g}_{k}"
+                lines.append(f"%wt{g}_{k} = {add}")
+                acc = f"%wt{g}_{k}"
+            else:
+                acc = f"%wm{g}_{k}"
+        assert acc is not None
+        partial.append(acc)
+    vecs = []
+    for s in range(len(partial) // per_slot):  # one vector per LANES // lane_span slots
+        acc = partial[s * per_slot]
+        for j in range(1, per_slot):
+            nxt = partial[s * per_slot + j]
+            lines.append(f"%wj{s}_{j} = fadd reassoc nsz <16 x float> {acc}, {nxt}")
+            acc = f"%wj{s}_{j}"
+        if per_slot > 1:
+            slots = [s] * LANES
+        else:
+            slots = [s * (LANES // lane_span) + w // lane_span for w in range(LANES)]
+        vecs.append((acc, slots, lane_span))
+    return vecs
+
+
+def _tree(lines: list[str], vecs: list[tuple[str, list[int], int]]) -> tuple[str, list[int]]:
+    """Add vectors of per-slot partial sums (groups of `width` lanes, one slot each) pairwise
+    into one vector of LANES sums: each level halves the groups' width and doubles the
+    vectors' slots (two shuffles and an add per pair). Returns it and its lane -> slot order."""
+    width = vecs[0][2]
+    level = 0
+    items = [(name, slots) for name, slots, _ in vecs]
+    while width > 1:
+        half, groups = width // 2, LANES // width
+        lo = [g * width + j for g in range(groups) for j in range(half)]
+        hi = [g * width + half + j for g in range(groups) for j in range(half)]
+        lo_mask = lo + [LANES + x for x in lo]
+        hi_mask = hi + [LANES + x for x in hi]
+        nxt = []
+        for a in range(0, len(items), 2):
+            (x, sx), (y, sy) = items[a], items[a + 1]
+            name = f"%r{level}_{a}"
+            lines += [
+                _shuffle(name + "l", x, y, lo_mask, LANES),
+                _shuffle(name + "h", x, y, hi_mask, LANES),
+                f"{name} = fadd reassoc nsz <{LANES} x float> {name}l, {name}h",
+            ]
+            nxt.append((name, [(sx + sy)[j] for j in lo_mask]))
+        items, width, level = nxt, half, level + 1
+    assert len(items) == 1, "the step's slots do not fill one vector"
+    return items[0]

@@ -1,0 +1,152 @@
+"""model/onepass.py: the compiled single-query scans against torch (first maximum, top k)."""
+
+from __future__ import annotations
+
+import math
+
+import llvmlite.binding as llvm
+import pytest
+import torch
+
+from model import onepass
+from model.bank import MemoryBank
+
+DTYPES = [torch.int8, torch.float16, torch.float32]
+
+
+def _codes(n: int, m: int, dtype: torch.dtype, g: torch.Generator) -> torch.Tensor:
+    z = torch.randn(n, m, generator=g)
+    if dtype == torch.int8:
+        return torch.round(z / 0.05).clamp_(-127, 127).to(torch.int8)
+    return z.to(dtype)
+
+
+def _reference(codes: torch.Tensor, q: torch.Tensor, inv: torch.Tensor) -> tuple[set[int], float]:
+    """The slots within float32 rounding (1e-5) of the best float64 score, and that score:
+    one slot unless codes tie (few distinct int8 values at m = 1), where rounding may pick
+    any of them."""
+    scores = (codes.to(torch.float64) @ q.to(torch.float64)) * inv.to(torch.float64)
+    best = float(scores.max())
+    return set(torch.nonzero(scores >= best - 1e-5).flatten().tolist()), best
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 3, 4, 8, 12, 16, 24, 32, 48, 64, 128, 192])
+def test_best_is_the_first_maximum_for_every_width(dtype: torch.dtype, m: int) -> None:
+    """Every code path of the generator: int8 read as words (m = 4, 8, 16, 32, 64, 128, 192)
+    or widened per slot (m = 1, 3, 12, 24, 48), widths below, at and above the 16 lanes, and
+    N with and without a tail of N % 16 slots."""
+    g = torch.Generator().manual_seed(m)
+    for n in (16, 37, 1000):
+        codes = _codes(n, m, dtype, g)
+        inv = 1.0 / codes.to(torch.float32).norm(dim=1).clamp(min=1e-20)
+        for _ in range(3):
+            q = torch.randn(m, generator=g)
+            slot, value = onepass.best(codes, q, inv)
+            near, score = _reference(codes, q, inv)
+            assert slot in near
+            if len(near) > 1:  # exactly equal scores still go to the first of them
+                exact = (codes.to(torch.float32) @ q) * inv
+                assert slot <= int(torch.nonzero(exact == exact[slot])[0])
+            assert value == pytest.approx(score, rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ties_go_to_the_lowest_slot_across_lanes_steps_and_the_tail(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(7)
+    codes = _codes(100, 16, dtype, g)
+    for copies in ([5, 21, 90], [40, 41, 97], [3, 99]):  # other lanes, other steps, the tail
+        c = codes.clone()
+        c[copies] = c[copies[0]].clone()
+        inv = 1.0 / c.to(torch.float32).norm(dim=1)
+        q = c[copies[0]].to(torch.float32)
+        assert onepass.best(c, q, inv)[0] == copies[0]
+    tail_only = codes.clone()
+    tail_only[96:] = tail_only[96].clone()  # the maximum only in the 4 tail slots
+    q = tail_only[96].to(torch.float32)
+    inv = 1.0 / tail_only.to(torch.float32).norm(dim=1)
+    assert onepass.best(tail_only, q, inv)[0] == 96
+
+
+def test_zero_inverse_norms_score_zero_and_empty_inputs_find_nothing() -> None:
+    codes = torch.ones(32, 16, dtype=torch.int8)
+    inv = torch.zeros(32)
+    assert onepass.best(codes, torch.ones(16), inv) == (0, 0.0)  # all 0: the first slot
+    inv[17] = 0.25
+    assert onepass.best(codes, -torch.ones(16), inv) == (0, 0.0)  # slot 17 scores -4 < 0
+    assert onepass.best(codes, torch.ones(16), inv) == (17, 4.0)
+    empty = torch.empty(0, 16, dtype=torch.int8)
+    assert onepass.best(empty, torch.ones(16), torch.empty(0)) == (-1, -math.inf)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [3, 16, 48, 64])
+def test_chunk_maxima_and_top_k_equal_torch(dtype: torch.dtype, m: int) -> None:
+    """maxima: one per CHUNK slots, the last chunk short (and holding the N % 16 tail); top:
+    the k best slots in order, for banks large enough that chunk maxima pay (else None)."""
+    g = torch.Generator().manual_seed(11 + m)
+    n = 40 * onepass.CHUNK + 37
+    codes = _codes(n, m, dtype, g)
+    inv = 1.0 / codes.to(torch.float32).norm(dim=1)
+    for _ in range(3):
+        q = torch.randn(m, generator=g)
+        scores = (codes.to(torch.float32) @ q) * inv
+        want = torch.stack([c.max() for c in scores.split(onepass.CHUNK)])
+        got = onepass.maxima(codes, q, inv)
+        assert got.shape == (41,)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        for k in (2, 3, 10):
+            found = onepass.top(codes, q, inv, k)
+            assert found is not None
+            assert found.tolist() == torch.topk(scores, k).indices.tolist()
+    assert onepass.top(codes, q, inv, 11) is None  # 4 * 11 chunks > a quarter of 41: no gain
+
+
+def test_top_k_gives_up_on_ties_that_select_most_chunks() -> None:
+    """A bank of equal codes: every chunk reaches the k-th maximum, so `top` answers None (the
+    caller's full scan then ranks them), also when only the second place ties."""
+    codes = torch.ones(20 * onepass.CHUNK, 16, dtype=torch.int8)
+    codes[9000, 0] = 3  # cosine 3 / sqrt(24) = 0.61 to the first axis; the others 0.25
+    inv = 1.0 / codes.to(torch.float32).norm(dim=1)
+    q = torch.zeros(16)
+    q[0] = 1.0
+    assert onepass.best(codes, q, inv)[0] == 9000
+    assert onepass.top(codes, q, inv, 2) is None
+    assert onepass.top(codes, torch.ones(16), inv, 2) is None
+
+
+def test_kernel_ir_is_valid_llvm_for_each_dtype() -> None:
+    """The generated IR parses and verifies (what `kernels` compiles), with both scans."""
+    for el in ("i8", "half", "float"):
+        ir = onepass.kernel_ir(el, 16)
+        llvm.parse_assembly(ir).verify()
+        assert "define void @best(" in ir and "define void @maxima(" in ir
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
+def test_bank_single_reads_take_the_kernel_and_answer_like_a_batch(dtype: str) -> None:
+    """A bank's single top-1 reads (the kernel's path) find the slots a batch read (matrix
+    products) finds, with equal scores; a bank whose best match is a free slot (all cosines
+    negative) falls back to the masked scan and answers the occupied slot."""
+    m, n = 16, 5000
+    g = torch.Generator().manual_seed(3)
+    scales = torch.full((m,), 0.05) if dtype == "int8" else None
+    bank = MemoryBank(n, m, dtype=dtype, scales=scales)
+    bank.assign(torch.arange(n - 7), torch.randn(n - 7, m, generator=g))  # 7 free slots
+    queries = torch.randn(40, m, generator=g)
+    batch_slots, batch_scores = bank.search(queries)
+    for i in range(40):
+        slots, scores = bank.search(queries[i : i + 1])
+        assert int(slots[0, 0]) == int(batch_slots[i, 0])
+        assert float(scores[0, 0]) == pytest.approx(float(batch_scores[i, 0]), abs=1e-6)
+    big = MemoryBank(30_000, m, dtype=dtype, scales=scales)  # top 5 via chunk maxima
+    big.assign(torch.arange(29_990), torch.randn(29_990, m, generator=g))
+    batch_slots, batch_scores = big.search(queries, top_k=5)
+    for i in range(40):
+        slots, scores = big.search(queries[i : i + 1], top_k=5)
+        assert slots[0].tolist() == batch_slots[i].tolist()
+        torch.testing.assert_close(scores[0], batch_scores[i], rtol=0, atol=1e-6)
+    lone = MemoryBank(64, m, dtype=dtype, scales=scales)
+    lone.assign(torch.tensor([50]), torch.ones(1, m))
+    slots, scores = lone.search(-torch.ones(1, m))
+    assert int(slots[0, 0]) == 50 and float(scores[0, 0]) == pytest.approx(-1.0)
