@@ -395,8 +395,8 @@ class MemoryBank:
         return out_counts
 
     def _touch_one(self, slot: int) -> Tensor:
-        """`touch` of one top-1 read on the CPU, through numpy views of the columns: a dozen
-        torch calls on one element cost ~50 us, more than the scan of a 100k-slot bank."""
+        """`touch` of one top-1 read on the CPU, through numpy views of the columns: 8 us,
+        where the batch path's dozen torch calls on one element take 40 us."""
         self._make_room(1)
         count = 0
         if slot >= 0:

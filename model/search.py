@@ -10,9 +10,10 @@ the quantiser's `decode` instead of cast), a product with the block's inverse no
 free-slot mask and a top-k (top 1: each block's maximum alone, then the block that won a query
 scored again for the queries it won, to find the slot): no Python loop over slots or queries.
 The block's scores stay in cache between the product and the top-k that consumes it, and no
-N x B score matrix exists. A single top-1 query over int8, float16 or float32 codes on the CPU
-takes one compiled pass instead (model/onepass.py: scores and running maxima in registers, at
-the memory-bandwidth floor), falling back to the masked scan when a free slot wins.
+N x B score matrix exists. A single query over all slots of int8, float16 or float32 codes on
+the CPU takes one compiled pass instead (model/onepass.py: scores and running maxima in
+registers, near the memory-bandwidth floor; the top 1, or chunk maxima for the top k), falling
+back to the masked scan when a free slot makes the top k.
 Returned scores are recomputed per (query, slot) pair from the dequantised codes, so they do
 not depend on the batch or the blocking. Ties between equal scores go to the lower slot for
 top_k = 1; for top_k > 1 a tie at the k-th place may go to either slot. Zero vectors score 0,
@@ -273,10 +274,10 @@ def _single(
     """One query (m,): over all slots (zero_free), int8, float16 and float32 codes on the CPU
     take one fused pass (model/onepass.py: the top 1, or the chunk maxima that hold the top
     k); otherwise every score into one (N,) vector, one product with the inverse norms, one
-    top-k; (1, k) slots. There, float32 codes take
-    one matrix-vector product; float16 and int8 are cast CAST_ROWS rows at a time into a
-    buffer that stays in L2 and packed codes decoded CAST_ROWS rows at a time, unless `dot`
-    scores them in one compiled pass (model/scan.py).
+    top-k; (1, k) slots. There, float32 codes take one matrix-vector product; float16 and
+    int8 are cast CAST_ROWS rows at a time into a buffer that stays in L2 and packed codes
+    decoded CAST_ROWS rows at a time, unless `dot` scores them in one compiled pass
+    (model/scan.py).
 
     With zero_free the free-slot mask is applied only when needed: a free slot scores exactly
     0 and cannot outrank an occupied slot of positive score, so the mask pass is skipped
@@ -320,7 +321,7 @@ def _fused(codes: Tensor) -> bool:
 
 
 def warm(codes: Tensor) -> None:
-    """Compile the single-query top-1 kernel for these codes now, not in the first read."""
+    """Compile model/onepass.py's kernels for these codes now, not in the first read."""
     if _fused(codes):
         onepass.kernels(codes.dtype, codes.shape[1])
 
