@@ -81,8 +81,7 @@ def best(codes: Tensor, q: Tensor, inv: Tensor) -> tuple[int, float]:
         if top > -math.inf:
             slot, value = int(slots[values == top].min()), float(top)
     if nb < n:  # the last N % LANES slots
-        tail = (codes[nb:].to(torch.float32) @ q) * inv[nb:]
-        v, i = tail.max(dim=0)
+        v, i = _scores(codes[nb:], q, inv[nb:]).max(dim=0)
         if float(v) > value:  # strictly: on a tie the lower slot, in the kernel's part, wins
             slot, value = nb + int(i), float(v)
     return slot, value
@@ -100,8 +99,7 @@ def maxima(codes: Tensor, q: Tensor, inv: Tensor) -> Tensor:
             codes.data_ptr(), inv.data_ptr(), nb, q.data_ptr(), out.data_ptr()
         )
     if nb < n:  # the last N % LANES slots: in the last chunk
-        tail = float(((codes[nb:].to(torch.float32) @ q) * inv[nb:]).max())
-        out[-1] = max(float(out[-1]), tail)
+        out[-1] = max(float(out[-1]), float(_scores(codes[nb:], q, inv[nb:]).max()))
     return out
 
 
@@ -121,8 +119,14 @@ def top(codes: Tensor, q: Tensor, inv: Tensor, k: int) -> Tensor | None:
         return None
     rows = (chunks.unsqueeze(1) * CHUNK + torch.arange(CHUNK)).reshape(-1)
     rows = rows[rows < n]
-    scores = (codes[rows].to(torch.float32) @ q.to(torch.float32)) * inv[rows]
+    scores = _scores(codes[rows], q.to(torch.float32), inv[rows])
     return rows[torch.topk(scores, k).indices]
+
+
+def _scores(codes: Tensor, q: Tensor, inv: Tensor) -> Tensor:
+    """(q . codes[i]) * inv[i] in torch, for the few slots the kernels leave (the N % LANES
+    tail, the chunks that may hold the top k)."""
+    return (codes.to(torch.float32) @ q) * inv
 
 
 @functools.cache
@@ -158,8 +162,12 @@ def _words(el: str, m: int) -> bool:
     return el == "i8" and m % 4 == 0 and (16 % r == 0 or r % 16 == 0) and sys.byteorder == "little"
 
 
+_V, _B, _I = f"<{LANES} x float>", f"<{LANES} x i1>", f"<{LANES} x i64>"  # lane vector types
+
+
 def kernel_ir(el: str, m: int) -> str:
-    """LLVM IR of both scans of slots [0, nb) (nb a multiple of LANES, m floats at q):
+    """LLVM IR of both scans of slots [0, nb) (nb a multiple of LANES, m floats at q), which
+    share one step (LANES slots' scores, and the lane maxima %bv -> %bv1):
     `best(codes, inv, nb, q, out_values, out_slots)` writes each lane's best value and slot
     (LANES of each; slot -1 where a lane saw nothing above -inf); `maxima(codes, inv, nb, q,
     out)` the largest score of each CHUNK slots."""
@@ -168,18 +176,23 @@ def kernel_ir(el: str, m: int) -> str:
     vecs = _words_products(m, lines, prelude) if _words(el, m) else _products(el, m, lines)
     total, order = _tree(lines, vecs)
     perm = ", ".join(f"i32 {s}" for s in order)
-    lanes = ", ".join(f"i64 {s}" for s in order)
-    pre = "\n  ".join(prelude)
-    v, f, i = f"<{LANES} x float>", f"<{LANES} x i1>", f"<{LANES} x i64>"
-    lines += [  # both scans' step: scores of slots [i, i + LANES), lane maxima %bv -> %bv1
+    lines += [
         "%ip = getelementptr float, ptr %inv, i64 %i",
-        f"%iv0 = load {v}, ptr %ip, align 4",
-        f"%iv = shufflevector {v} %iv0, {v} poison, <{LANES} x i32> <{perm}>",
-        f"%val = fmul {v} {total}, %iv",
-        f"%gt = fcmp ogt {v} %val, %bv",
-        f"%bv1 = select {f} %gt, {v} %val, {v} %bv",
+        f"%iv0 = load {_V}, ptr %ip, align 4",
+        f"%iv = shufflevector {_V} %iv0, {_V} poison, <{LANES} x i32> <{perm}>",
+        f"%val = fmul {_V} {total}, %iv",
+        f"%gt = fcmp ogt {_V} %val, %bv",
+        f"%bv1 = select {_B} %gt, {_V} %val, {_V} %bv",
     ]
+    pre = "\n  ".join(prelude)
     step = "\n  ".join([f"%base = mul i64 %i, {m}", *lines])
+    return _best_ir(pre, step, [f"i64 {s}" for s in order]) + _maxima_ir(pre, step)
+
+
+def _best_ir(pre: str, step: str, lanes: list[str]) -> str:
+    """`best`: one loop over the steps; each lane keeps its first maximum (strict >) and that
+    slot (lanes: each lane's slot within a step, the tree's order)."""
+    v, f, i = _V, _B, _I
     return f"""
 define void @best(ptr noalias %codes, ptr noalias %inv, i64 %nb, ptr noalias %q,
                   ptr %ov, ptr %oi) {{
@@ -194,7 +207,7 @@ body:
   {step}
   %i0 = insertelement {i} poison, i64 %i, i32 0
   %isp = shufflevector {i} %i0, {i} poison, <{LANES} x i32> zeroinitializer
-  %idx = add {i} %isp, <{lanes}>
+  %idx = add {i} %isp, <{", ".join(lanes)}>
   %bi1 = select {f} %gt, {i} %idx, {i} %bi
   %i1 = add nuw nsw i64 %i, {LANES}
   %more = icmp slt i64 %i1, %nb
@@ -206,7 +219,14 @@ exit:
   store {i} %fi, ptr %oi, align 8
   ret void
 }}
+"""
 
+
+def _maxima_ir(pre: str, step: str) -> str:
+    """`maxima`: the steps of each CHUNK slots (the last chunk may be shorter), then the
+    largest of the lane maxima stored for that chunk."""
+    v = _V
+    return f"""
 define void @maxima(ptr noalias %codes, ptr noalias %inv, i64 %nb, ptr noalias %q,
                     ptr noalias %om) {{
 entry:
