@@ -410,7 +410,7 @@ class MemoryBank:
             self.misses += 1
         self.tick += 1
         self.reads += 1
-        return torch.tensor([[count]], dtype=torch.int64)
+        return torch.full((1, 1), count, dtype=torch.int64)
 
     # ------------------------------------------------------------------ write
 

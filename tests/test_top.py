@@ -90,3 +90,31 @@ def test_first_max_equals_torch_max_first_index(shape: tuple[int, int]) -> None:
     assert torch.equal(got_v, want_v) and torch.equal(got_i, want_i)
     if shape[0] > 2:
         assert got_i[:3, 0].tolist() == [int(want_i[0]), n - 1, 0]
+
+
+def _masked_inverse_norms(x: torch.Tensor) -> torch.Tensor:
+    norm = torch.linalg.vector_norm(x, dim=1)
+    ok = (norm > 1e-15) & (norm < math.inf)
+    return torch.where(ok, 1.0 / torch.where(ok, norm, 1.0), 0.0)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 257])
+def test_norm_helpers_fast_path_equals_the_masked_formula(rows: int) -> None:
+    """inverse_norms and unit_rows skip their masks when every row is plain (norm in
+    (1e-15, inf)): bit for bit what the masked formula gives; rows that are not plain (zero,
+    tiny, huge, NaN) take the masked and rescaled path, whatever the other rows are."""
+    x = torch.randn(rows, 16, generator=torch.Generator().manual_seed(rows)) * 3.0
+    assert search._all_plain(torch.linalg.vector_norm(x, dim=1))
+    assert torch.equal(search.inverse_norms(x), _masked_inverse_norms(x))
+    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    assert torch.equal(search.unit_rows(x), x / norm)
+    odd = torch.cat([x, torch.zeros(1, 16), torch.full((1, 16), 1e-30), torch.full((1, 16), 3e38)])
+    inv = search.inverse_norms(odd)
+    assert torch.equal(inv[:rows], _masked_inverse_norms(x))
+    assert inv[rows] == 0.0 and inv[rows + 1] == pytest.approx(0.25e30, rel=1e-6)
+    assert inv[rows + 2] == pytest.approx(1 / (4 * 3e38), rel=1e-6)
+    unit = search.unit_rows(odd)
+    assert torch.equal(unit[:rows], x / norm) and torch.equal(unit[rows], torch.zeros(16))
+    torch.testing.assert_close(unit[rows + 1 :], torch.full((2, 16), 0.25))
+    assert not search._all_plain(torch.tensor([1.0, math.nan]))
+    assert not search._all_plain(torch.empty(0))
