@@ -12,8 +12,9 @@ scored again for the queries it won, to find the slot): no Python loop over slot
 The block's scores stay in cache between the product and the top-k that consumes it, and no
 N x B score matrix exists. A single query over all slots of int8, float16 or float32 codes on
 the CPU takes one compiled pass instead (model/onepass.py: scores and running maxima in
-registers, near the memory-bandwidth floor; the top 1, or chunk maxima for the top k), falling
-back to the masked scan when a free slot makes the top k.
+registers, near the memory-bandwidth floor; the top 1, or chunk maxima for the top k; int8 by
+an integer pass that only picks the chunks, `onepass.certified`), falling back to the masked
+scan when a free slot makes the top k.
 Returned scores are recomputed per (query, slot) pair from the dequantised codes, so they do
 not depend on the batch or the blocking. Ties between equal scores go to the lower slot for
 top_k = 1; for top_k > 1 a tie at the k-th place may go to either slot. Zero vectors score 0,
@@ -25,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -189,15 +191,17 @@ def _candidates(
     zero_free: bool,
     decode: Callable[[Tensor], Tensor] | None = None,
     dot: Dot | None = None,
+    spread: float | None = None,
 ) -> Tensor:
     """Slots (B, k) of the top k (<= N) scores of queries qs (B, m) (unit, times the scales)
     over codes (N, width) in their storage dtype: score = qs . code * inv, -inf where not
     allowed. `block` holds a reusable float32 buffer (empty list: none yet). zero_free: the
     slots not allowed are exactly the free ones, which score 0 (inverse norm 0, see
     `_single`). decode: rows of packed codes -> float32 (rows, m), called per block. dot: a
-    compiled single-query scan of the stored codes (int8, packed)."""
+    compiled single-query scan of the stored codes (int8, packed). spread: int8's
+    `scale_spread`, for one query's integer scan (None: no integer scan)."""
     if qs.shape[0] == 1:
-        return _single(qs[0], codes, inv, allowed, k, block, zero_free, decode, dot)
+        return _single(qs[0], codes, inv, allowed, k, block, zero_free, decode, dot, spread)
     b, n, m = qs.shape[0], codes.shape[0], qs.shape[1]
     cast = decode is None and codes.dtype != torch.float32
     rows = max(k, BLOCK_ELEMENTS // b)
@@ -283,6 +287,7 @@ def _single(
     zero_free: bool,
     decode: Callable[[Tensor], Tensor] | None = None,
     dot: Dot | None = None,
+    spread: float | None = None,
 ) -> Tensor:
     """One query (m,): over all slots (zero_free), int8, float16 and float32 codes on the CPU
     take one fused pass (model/onepass.py: the top 1, or the chunk maxima that hold the top
@@ -297,14 +302,9 @@ def _single(
     unless a free slot made the top k (then the top k is taken again, masked)."""
     n, m = codes.shape[0], q.shape[0]
     if zero_free and decode is None and _fused(codes):
-        if k == 1:
-            slot, _ = onepass.best(codes, q, inv)
-            if slot >= 0 and allowed.numpy()[slot]:  # else a free slot (score 0) won: masked
-                return torch.full((1, 1), slot, dtype=torch.int64)
-        else:
-            found = onepass.top(codes, q, inv, k)  # None: a small bank, or ties
-            if found is not None and bool(allowed[found].all()):
-                return found.unsqueeze(0)
+        found = _fused_top(q, codes, inv, k, spread)
+        if found is not None and allowed.numpy()[found.numpy()].all():  # else a free slot won
+            return found.unsqueeze(0)
     scores = torch.empty(n, dtype=torch.float32, device=codes.device)
     if dot is not None:
         dot(codes, q, scores)
@@ -326,6 +326,28 @@ def _single(
         scores.masked_fill_(~allowed, -math.inf)
         _, cand = _top(scores.unsqueeze(0), k)
     return cand
+
+
+def _fused_top(
+    q: Tensor, codes: Tensor, inv: Tensor, k: int, spread: float | None
+) -> Tensor | None:
+    """The top k slots (k,) of one query by model/onepass.py's scans, or None (a small bank,
+    ties): int8 codes by the integer scan when this CPU has one (`certified`, given the
+    scales' spread), else the float scans (`best`, `top`)."""
+    if spread is not None and codes.dtype == torch.int8:
+        found = onepass.certified(codes, q, inv, k, spread)
+        if found is not None:
+            return found
+    if k > 1:
+        return onepass.top(codes, q, inv, k)
+    slot, _ = onepass.best(codes, q, inv)
+    return torch.full((1,), slot, dtype=torch.int64) if slot >= 0 else None
+
+
+def scale_spread(scales: Tensor) -> float:
+    """sqrt(sum 1 / s^2) of int8 scales s (m,): `onepass.certified`'s error bound."""
+    s = scales.detach().cpu().numpy().astype(np.float64)
+    return float(np.sqrt(np.sum(1.0 / (s * s))))
 
 
 def _fused(codes: Tensor) -> bool:
@@ -364,7 +386,11 @@ def search(
     (q . dequantised code for packed codes, qs . code for int8) into out (N,), which a
     single-query scan uses instead of casting or decoding blocks."""
     qs = qn if scales is None else qn * scales
-    cand = _candidates(qs, codes, inv, allowed, k, block, zero_free, decode, dot)  # (B, k)
+    # int8 on the CPU: one query may take the integer scan, whose error bound needs the scales
+    gap = (
+        scale_spread(scales) if scales is not None and qn.shape[0] == 1 and _fused(codes) else None
+    )
+    cand = _candidates(qs, codes, inv, allowed, k, block, zero_free, decode, dot, gap)  # (B, k)
     # Exact per-pair scores, independent of batch size and blocking; a cosine of unit rows
     # can round past +-1 (1.0000001): clipped, so a score is always in [-1, 1].
     unit = unit_rows(dequantise(codes[cand.reshape(-1)])).view(*cand.shape, -1)  # (B, k, m)

@@ -150,3 +150,109 @@ def test_bank_single_reads_take_the_kernel_and_answer_like_a_batch(dtype: str) -
     lone.assign(torch.tensor([50]), torch.ones(1, m))
     slots, scores = lone.search(-torch.ones(1, m))
     assert int(slots[0, 0]) == 50 and float(scores[0, 0]) == pytest.approx(-1.0)
+
+
+# --------------------------------------------------------------- the integer scan of int8 codes
+
+SCANS = [s for s in ("vnni", "avx2") if s == "avx2" or onepass.int_scan(16) == "vnni"]
+
+
+def _int8_bank(n: int, m: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """int8 codes with per-dimension scales 0.01-0.2 (as a trained codec's), the inverse
+    norms of the dequantised codes, and the scales' spread; and the query scaled as a read
+    scales it (unit, times the scales)."""
+    scales = torch.linspace(0.01, 0.2, m)[torch.randperm(m, generator=g)]
+    z = torch.randn(n, m, generator=g) * scales * 40
+    codes = torch.round(z / scales).clamp_(-127, 127).to(torch.int8)
+    inv = 1.0 / (codes.float() * scales).norm(dim=1)
+    return codes, inv, scales
+
+
+def _query(scales: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    q = torch.randn(scales.shape[0], generator=g)
+    return q / q.norm() * scales
+
+
+def test_this_cpu_has_an_integer_scan() -> None:
+    """x86 with AVX2 (any server CPU since 2013; CI's): int8 reads take the integer scan."""
+    assert onepass.int_scan(16) in ("vnni", "avx2")
+    assert onepass.int_scan(12) is None and onepass.int_scan(1024) is None
+
+
+@pytest.mark.parametrize("scan", SCANS)
+@pytest.mark.parametrize("m", [16, 32, 64, 128])
+def test_certified_top_1_is_best_and_top_k_is_top(scan: str, m: int) -> None:
+    """The integer pass only picks chunks; the answer is the float scan's, slot for slot:
+    `best` for k = 1, `top` (torch's scores of the chosen chunks) for k > 1, with and
+    without a tail of N % 16 slots."""
+    g = torch.Generator().manual_seed(m)
+    for n in (8192, 10_003, 20_000):
+        codes, inv, scales = _int8_bank(n, m, g)
+        spread = float(torch.sqrt((1.0 / scales.double() ** 2).sum()))
+        for _ in range(6):
+            q = _query(scales, g)
+            got = onepass.certified(codes, q, inv, 1, spread, scan)
+            assert got is not None and int(got[0]) == onepass.best(codes, q, inv)[0]
+            top = onepass.certified(codes, q, inv, 3, spread, scan)
+            assert top is not None and torch.equal(top, onepass.top(codes, q, inv, 3))
+
+
+@pytest.mark.parametrize("scan", SCANS)
+def test_certified_keeps_near_ties_and_ties_exact(scan: str) -> None:
+    """Slots whose float scores differ in the 6th digit, or not at all, in chunks far apart:
+    the integer scores cannot tell them apart, the margin keeps every such chunk, and the
+    answer is the first slot of the float maximum."""
+    g = torch.Generator().manual_seed(7)
+    m, n = 16, 40_000
+    codes, inv, scales = _int8_bank(n, m, g)
+    spread = float(torch.sqrt((1.0 / scales.double() ** 2).sum()))
+    q = _query(scales, g)
+    top = onepass.best(codes, q, inv)[0]
+    near = codes[top].clone()
+    j = int(torch.argmin(q.abs()))  # the dimension the query weighs least
+    near[j] += 1 if near[j] < 127 else -1
+    for slot, code in ((30_001, near), (9_000, codes[top]), (35_555, codes[top])):
+        codes[slot] = code
+        inv[slot] = 1.0 / (code.float() * scales).norm()
+    want = onepass.best(codes, q, inv)[0]
+    assert want in (min(top, 9_000), 30_001)
+    got = onepass.certified(codes, q, inv, 1, spread, scan)
+    assert got is not None and int(got[0]) == want
+    three = onepass.certified(codes, q, inv, 3, spread, scan)
+    assert three is not None and torch.equal(three, onepass.top(codes, q, inv, 3))
+
+
+def test_certified_gives_up_on_a_zero_query_a_small_bank_and_mass_ties() -> None:
+    g = torch.Generator().manual_seed(3)
+    codes, inv, scales = _int8_bank(4096, 16, g)
+    spread = float(torch.sqrt((1.0 / scales.double() ** 2).sum()))
+    assert onepass.certified(codes, torch.zeros(16), inv, 1, spread) is None
+    assert onepass.certified(codes[:2000], _query(scales, g), inv[:2000], 1, spread) is None
+    same = codes[:1].expand(4096, 16).contiguous()  # every slot ties: all chunks qualify
+    assert (
+        onepass.certified(same, _query(scales, g), inv[:1].expand(4096).contiguous(), 1, spread)
+        is None
+    )
+
+
+@pytest.mark.parametrize("m", [4, 8, 16, 32, 64, 128, 192])
+def test_the_integer_kernels_ir_verifies(m: int) -> None:
+    llvm.parse_assembly(onepass.vnni_kernel_ir(m)).verify()
+    if m % 16 == 0:
+        llvm.parse_assembly(onepass.int_kernel_ir(m)).verify()
+
+
+@pytest.mark.parametrize("m", [4, 8, 192])
+def test_vnni_widths_off_sixteen(m: int) -> None:
+    """The word layouts of m = 4 and 8 (several slots per word vector) and 192 (a slot over
+    three vectors), where this CPU has VNNI."""
+    if onepass.int_scan(m) != "vnni":
+        assert onepass.int_scan(m) is None or m == 192
+        return
+    g = torch.Generator().manual_seed(m)
+    codes, inv, scales = _int8_bank(8192, m, g)
+    spread = float(torch.sqrt((1.0 / scales.double() ** 2).sum()))
+    for _ in range(5):
+        q = _query(scales, g)
+        got = onepass.certified(codes, q, inv, 1, spread)
+        assert got is not None and int(got[0]) == onepass.best(codes, q, inv)[0]
