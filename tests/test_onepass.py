@@ -256,3 +256,32 @@ def test_vnni_widths_off_sixteen(m: int) -> None:
         q = _query(scales, g)
         got = onepass.certified(codes, q, inv, 1, spread)
         assert got is not None and int(got[0]) == onepass.best(codes, q, inv)[0]
+
+
+@pytest.mark.parametrize("scan", SCANS)
+def test_certified_follows_the_float_order_where_the_integer_order_differs(scan: str) -> None:
+    """Two codes whose float scores and integer scores are in opposite orders, in chunks far
+    apart: the query (1, 326.45 / 32639, 0, ...) rounds to the integers (32639, 326, 0, ...),
+    and A = (38, 12, 120, 0, ...) beats B = (39, -88, 82, 0, ...) by 1.1e-5 in float32 but
+    loses in the integer scan (found by a search over small codes). Only the margin keeps
+    A's chunk; without it the answer would be B."""
+    m, n = 16, 8192
+    g = torch.Generator().manual_seed(5)
+    codes = torch.randint(-127, 128, (n, m), generator=g, dtype=torch.int8)
+    codes[:, 0] = -torch.randint(1, 128, (n,), generator=g, dtype=torch.int8)  # scores < 0.01
+    a, b = 5 * onepass.CHUNK + 7, 1 * onepass.CHUNK + 3
+    codes[a] = torch.tensor([38, 12, 120] + [0] * 13, dtype=torch.int8)
+    codes[b] = torch.tensor([39, -88, 82] + [0] * 13, dtype=torch.int8)
+    inv = 1.0 / codes.float().norm(dim=1)
+    w = torch.zeros(m)
+    w[0], w[1] = 1.0, 326.45 / 32639
+    q = w / w.norm()  # scales all 1: spread = sqrt(16)
+    scores = codes.float() @ q * inv
+    assert int(scores.argmax()) == a and float(scores[a] - scores[b]) > 1e-5
+    scale = onepass.Q_MAX / float(q.abs().max())
+    q16 = torch.round(q * scale).to(torch.int64)
+    integer = (codes.to(torch.int64) @ q16).double() * inv.double()
+    assert integer[b] > integer[a]  # the integer scan alone would pick B
+    assert onepass.best(codes, q, inv)[0] == a
+    got = onepass.certified(codes, q, inv, 1, 4.0, scan)
+    assert got is not None and int(got[0]) == a
