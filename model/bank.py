@@ -354,6 +354,7 @@ class MemoryBank:
             zero_free=namespace is None,  # free slots score 0: inverse norm 0 (`_free`)
             decode=self.quant.dequantise if self.quant.packed else None,
             dot=self.quant.dot if self._scans_compiled else None,
+            spread=self.quant.spread,
         )
         if kk == k:  # top_k within the capacity: no padding columns
             return torch.where(valid, cand, -1), scores

@@ -106,6 +106,17 @@ def _lanes() -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     return lanes
 
 
+def _query_buffer(m: int) -> tuple[np.ndarray, int]:
+    """This thread's query buffer of the integer scans (m floats in, the kernel's S out at
+    [m]) and its address, made once per thread and width."""
+    buffers = _LANES_OUT.__dict__.setdefault("queries", {})
+    found = buffers.get(m)
+    if found is None:
+        buf = np.zeros(m + 1, dtype=np.float32)
+        found = buffers[m] = (buf, buf.ctypes.data)
+    return found
+
+
 def maxima(codes: Tensor, q: Tensor, inv: Tensor) -> Tensor:
     """The largest (q . codes[i]) * inv[i] of each CHUNK slots [c * CHUNK, (c + 1) * CHUNK),
     (ceil(N / CHUNK),) float32, in one pass (the last chunk may be shorter)."""
@@ -150,9 +161,10 @@ def certified(
     the scales s, spread = sqrt(sum 1 / s^2): chunk maxima in one integer pass, then the
     chunks that can hold the top k scored again in float32 (torch), as `top` does.
 
-    The pass scores S * q rounded to int16 (S = Q_MAX / max |q|): exact int32 sums, off from
-    S times the float score by at most M = spread / 2 (|round error| <= 1/2 per dimension,
-    and sum |c_d| * inv <= spread, Cauchy-Schwarz) plus float rounding. A chunk whose integer
+    The pass scores S * q rounded to int16 (S = Q_MAX / max |q|, in the kernel): exact int32
+    sums, off from S times the float score by at most M = 0.505 spread (|round error| <= 1/2
+    per dimension, + 0.002 for the float32 product S * q, and sum |c_d| * inv <= spread,
+    Cauchy-Schwarz) plus float rounding. A chunk whose integer
     maximum is more than 2M (+ the float32 score's own rounding) below the k-th largest
     chunk maximum cannot hold a top-k slot, so the answer is exactly the float32 scan's.
     None when that leaves more than a quarter of the bank to score (ties, a zero query), or
@@ -162,23 +174,19 @@ def certified(
     if 4 * k * CHUNK > n or scan is None:
         return None
     q = q.to(torch.float32).contiguous()
-    qf = q.numpy()
-    peak = float(np.abs(qf).max())
-    if not 0.0 < peak < math.inf:
-        return None
-    scale = Q_MAX / peak
-    q16 = np.rint(qf * np.float32(scale)).astype(np.int16)  # |q16| <= Q_MAX (+ float rounding)
-    qbuf = _vnni_query(q16) if scan == "vnni" else q16
+    qbuf, address = _query_buffer(m)
+    qbuf[:m] = q.numpy()
     nb = n - n % LANES
     out = np.full(-(-n // CHUNK), -np.inf, dtype=np.float32)  # numpy: cheaper calls than torch
     maxima_fn, _ = int_kernel(m, scan)
-    maxima_fn(codes.data_ptr(), inv.data_ptr(), nb, qbuf.ctypes.data, out.ctypes.data)
+    maxima_fn(codes.data_ptr(), inv.data_ptr(), nb, address, out.ctypes.data)
+    scale = float(qbuf[m])  # the kernel's S (float32); a zero query: 2^100 Q_MAX, all chunks tie
     if nb < n:  # the last N % LANES slots, in float32 (within the margin of their S * score)
         tail = float(_scores(codes[nb:], q, inv[nb:]).max()) * scale
         out[-1] = max(float(out[-1]), tail)
     # |integer score - S * score| <= M, and the float32 scores are off by (m + 2) 2^-24
     rounding = 2.0**-22 * (scale + spread)
-    margin = 2.0 * (0.5 * spread * 1.001 + rounding) + 2.0 * scale * (m + 4) * 2.0**-23
+    margin = 2.0 * (0.505 * spread + rounding) + 2.0 * scale * (m + 4) * 2.0**-23
     kth = float(np.partition(out, -k)[-k]) if k > 1 else float(out.max())
     chunks = np.flatnonzero(out >= kth - margin)
     if 4 * chunks.size * CHUNK > n:
@@ -315,10 +323,10 @@ def int_kernel_ir(m: int) -> str:
     int32), the 8 pair sums of two slots side by side in one vector, the tree in int32, then
     each slot's sum as float times its inverse norm."""
     g16 = m // 16
-    prelude = [f"%qv = load <{m} x i16>, ptr %q, align 2"]
+    prelude = [*_int_query(m), f"%q16 = trunc <{m} x i32> %qi to <{m} x i16>"]
     for g in range(g16):
         dims = list(range(16 * g, 16 * g + 16))
-        prelude.append(_shuffle(f"%q{g}", "%qv", "poison", dims, m, "i16"))
+        prelude.append(_shuffle(f"%q{g}", "%q16", "poison", dims, m, "i16"))
     lines: list[str] = []
     sums = []
     for t in range(LANES):
@@ -350,7 +358,42 @@ def int_kernel_ir(m: int) -> str:
     pre = "\n  ".join(prelude)
     step = "\n  ".join([f"%base = mul i64 %i, {m}", *lines])
     pmadd = "declare <8 x i32> @llvm.x86.avx2.pmadd.wd(<16 x i16>, <16 x i16>)\n"
-    return _maxima_ir(pre, step, "imaxima") + _FMAX + pmadd
+    return _maxima_ir(pre, step, "imaxima") + _int_declarations(m) + pmadd
+
+
+def _int_query(m: int) -> list[str]:
+    """The integer scans' prelude: the float query (m at q) times S = Q_MAX / max |q|,
+    rounded half to even, as int32 %qi; S stored at q[m] for the caller's margin. A zero
+    query takes S = Q_MAX * 2^100 and rounds to zeros."""
+    v, sp = f"<{m} x float>", f"<{m} x i32> zeroinitializer"
+    return [
+        f"%qv = load {v}, ptr %q, align 4",
+        f"%qa = call {v} @llvm.fabs.v{m}f32({v} %qv)",
+        f"%pk0 = call float @llvm.vector.reduce.fmax.v{m}f32({v} %qa)",
+        "%pk = call float @llvm.maxnum.f32(float %pk0, float 0x39B0000000000000)",  # 2^-100
+        f"%sc = fdiv float {Q_MAX}.0, %pk",
+        f"%scp = getelementptr float, ptr %q, i64 {m}",
+        "store float %sc, ptr %scp, align 4",
+        f"%sc0 = insertelement {v} poison, float %sc, i32 0",
+        f"%scv = shufflevector {v} %sc0, {v} poison, {sp}",
+        f"%qm = fmul {v} %qv, %scv",
+        f"%qr = call {v} @llvm.rint.v{m}f32({v} %qm)",
+        f"%qi = fptosi {v} %qr to <{m} x i32>",
+    ]
+
+
+def _int_declarations(m: int) -> str:
+    """The intrinsics `_int_query` and the chunk maxima call (fmax over m and LANES floats)."""
+    v = f"<{m} x float>"
+    lines = {
+        _FMAX.strip(),
+        f"declare float @llvm.vector.reduce.fmax.v{m}f32({v})",
+        f"declare {v} @llvm.fabs.v{m}f32({v})",
+        f"declare {v} @llvm.rint.v{m}f32({v})",
+        "declare float @llvm.maxnum.f32(float, float)",
+        f"declare i32 @llvm.vector.reduce.add.v{m}i32(<{m} x i32>)",
+    }
+    return "\n" + "\n".join(sorted(lines)) + "\n"
 
 
 _DPBUSD = "@llvm.x86.avx512.vpdpbusd.512"
@@ -367,17 +410,34 @@ def vnni_kernel_ir(m: int) -> str:
     r = m // 4
     per_slot = max(r // LANES, 1)
     lane_span = min(r, LANES)
-    prelude = []
-    for v in range(per_slot):
-        for part, name in enumerate(("h", "l")):
-            off = (2 * v + part) * 64
+    vi, vb = f"<{m} x i32>", f"<{m} x i8>"
+    prelude = [
+        *_int_query(m),
+        f"%qz1 = add {vi} %qi, splat (i32 128)",  # signed bytes: q = 256 hi + lo
+        f"%qz2 = and {vi} %qz1, splat (i32 255)",
+        f"%qlo = sub {vi} %qz2, splat (i32 128)",
+        f"%qhd = sub {vi} %qi, %qlo",
+        f"%qhi = ashr {vi} %qhd, splat (i32 8)",
+        f"%qhib = trunc {vi} %qhi to {vb}",
+        f"%qlob = trunc {vi} %qlo to {vb}",
+    ]
+    for v in range(per_slot):  # word w of vector v: dimensions 4 * (16 v + w % lane_span) + 0..3
+        dims = [4 * (v * LANES + w % lane_span) + k for w in range(LANES) for k in range(4)]
+        for name in ("h", "l"):
             prelude += [
-                f"%qp{name}{v} = getelementptr i8, ptr %q, i64 {off}",
-                f"%q{name}{v} = load <16 x i32>, ptr %qp{name}{v}, align 4",
+                _shuffle(
+                    f"%q{name}{v}b",
+                    f"%q{name}ob" if name == "l" else "%qhib",
+                    "poison",
+                    dims,
+                    m,
+                    "i8",
+                ),
+                f"%q{name}{v} = bitcast <64 x i8> %q{name}{v}b to <16 x i32>",
             ]
     prelude += [
-        f"%cp = getelementptr i8, ptr %q, i64 {per_slot * 128}",
-        "%corr = load i32, ptr %cp, align 4",
+        f"%qsum = call i32 @llvm.vector.reduce.add.v{m}i32({vi} %qi)",
+        "%corr = mul i32 %qsum, 128",
         "%cv0 = insertelement <16 x i32> poison, i32 %corr, i32 0",
         "%cv = shufflevector <16 x i32> %cv0, <16 x i32> poison, <16 x i32> zeroinitializer",
     ]
@@ -407,33 +467,7 @@ def vnni_kernel_ir(m: int) -> str:
     pre = "\n  ".join(prelude)
     step = "\n  ".join([f"%base = mul i64 %i, {m}", *lines])
     dpbusd = f"declare <16 x i32> {_DPBUSD}(<16 x i32>, <16 x i32>, <16 x i32>)\n"
-    return _maxima_ir(pre, step, "imaxima") + _FMAX + dpbusd
-
-
-def _vnni_query(q16: np.ndarray) -> np.ndarray:
-    """`vnni_kernel_ir`'s query buffer for an int16 query (m,), |q16| <= 32639."""
-    q = q16.astype(np.int32)
-    lo = ((q + 128) & 255) - 128  # signed bytes: q = 256 hi + lo, both in [-128, 127]
-    hi = (q - lo) >> 8
-    order = _vnni_order(q.shape[0])  # (per_slot, 2, 64): hi's then lo's bytes of each vector
-    out = np.empty(order.size + 4, dtype=np.int8)
-    parts = np.stack([hi, lo])[np.arange(2)[None, :, None], order]  # (per_slot, 2, 64)
-    out[:-4] = parts.reshape(-1)
-    out[-4:].view(np.int32)[0] = 128 * int(q.sum())
-    return out
-
-
-@functools.cache
-def _vnni_order(m: int) -> np.ndarray:
-    """The query dimension of each byte of `vnni_kernel_ir`'s query vectors, (per_slot, 2,
-    64): vector v's word w holds dimensions 4 * (16 v + w % lane_span) + 0..3."""
-    r = m // 4
-    per_slot, lane_span = max(r // LANES, 1), min(r, LANES)
-    dims = [
-        [4 * (v * LANES + w % lane_span) + k for w in range(LANES) for k in range(4)]
-        for v in range(per_slot)
-    ]
-    return np.repeat(np.array(dims)[:, None, :], 2, axis=1)
+    return _maxima_ir(pre, step, "imaxima") + _int_declarations(m) + dpbusd
 
 
 def _best_ir(pre: str, step: str, lanes: list[str]) -> str:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from model.search import all_finite
+from model.search import all_finite, scale_spread
 from model.state import DTYPES, INT8_MAX, RATE_LEVELS, rate_problem
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ class Quantiser:
         self.storage = DTYPES[dtype]
         self.width = m
         self.scales: Tensor | None = None
+        self.spread: float | None = None  # int8: sqrt(sum 1 / scales^2)
         self.rate_bits: Tensor | None = None
         self.rate_levels: Tensor | None = None
         dev = torch.device(device)
@@ -65,6 +66,7 @@ class Quantiser:
             if scales is None:
                 raise ValueError("expected scales (m,) for dtype 'int8', got None")
             self.scales = _check_scales(scales, m, dev)
+            self.spread = scale_spread(self.scales)  # a single read's integer-scan bound
         elif scales is not None:
             raise ValueError(f"expected scales=None for dtype {dtype!r} (int8 only), got a value")
         if dtype == "rate":

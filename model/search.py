@@ -374,6 +374,7 @@ def search(
     zero_free: bool = False,
     decode: Callable[[Tensor], Tensor] | None = None,
     dot: Dot | None = None,
+    spread: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The best k (<= N) allowed slots for unit queries qn (B, m), best first, ties by lower
     slot: (slots, scores, valid), each (B, k). codes (N, m) are the stored codes, `dequantise`
@@ -384,12 +385,11 @@ def search(
     decode: for packed codes (N, width), the block dequantiser (= `dequantise`) the scan uses
     instead of a cast; dot(codes, q, out): one query's inner products with the stored codes
     (q . dequantised code for packed codes, qs . code for int8) into out (N,), which a
-    single-query scan uses instead of casting or decoding blocks."""
+    single-query scan uses instead of casting or decoding blocks. spread: int8's
+    `scale_spread(scales)`, which lets a single query over int8 codes take the integer scan
+    (None: it does not)."""
     qs = qn if scales is None else qn * scales
-    # int8 on the CPU: one query may take the integer scan, whose error bound needs the scales
-    gap = (
-        scale_spread(scales) if scales is not None and qn.shape[0] == 1 and _fused(codes) else None
-    )
+    gap = spread if qn.shape[0] == 1 else None  # one query over int8: the integer scan's bound
     cand = _candidates(qs, codes, inv, allowed, k, block, zero_free, decode, dot, gap)  # (B, k)
     # Exact per-pair scores, independent of batch size and blocking; a cosine of unit rows
     # can round past +-1 (1.0000001): clipped, so a score is always in [-1, 1].
