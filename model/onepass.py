@@ -323,10 +323,10 @@ def int_kernel_ir(m: int) -> str:
     int32), the 8 pair sums of two slots side by side in one vector, the tree in int32, then
     each slot's sum as float times its inverse norm."""
     g16 = m // 16
-    prelude = [*_int_query(m), f"%q16 = trunc <{m} x i32> %qi to <{m} x i16>"]
+    prelude = [*_int_query(m), f"%qw = trunc <{m} x i32> %qi to <{m} x i16>"]
     for g in range(g16):
         dims = list(range(16 * g, 16 * g + 16))
-        prelude.append(_shuffle(f"%q{g}", "%q16", "poison", dims, m, "i16"))
+        prelude.append(_shuffle(f"%q{g}", "%qw", "poison", dims, m, "i16"))
     lines: list[str] = []
     sums = []
     for t in range(LANES):

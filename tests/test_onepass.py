@@ -235,11 +235,24 @@ def test_certified_gives_up_on_a_zero_query_a_small_bank_and_mass_ties() -> None
     )
 
 
-@pytest.mark.parametrize("m", [4, 8, 16, 32, 64, 128, 192])
+@pytest.mark.parametrize("m", [4, 8, 16, 32, 64, 128, 192, 272, 384, 512])
 def test_the_integer_kernels_ir_verifies(m: int) -> None:
-    llvm.parse_assembly(onepass.vnni_kernel_ir(m)).verify()
+    if m <= 192:
+        llvm.parse_assembly(onepass.vnni_kernel_ir(m)).verify()
     if m % 16 == 0:
         llvm.parse_assembly(onepass.int_kernel_ir(m)).verify()
+
+
+def test_avx2_scan_of_wide_codes() -> None:
+    """pmaddwd over m = 384 (24 groups of 16 dimensions: names past %q16 in the IR)."""
+    g = torch.Generator().manual_seed(384)
+    codes, inv, scales = _int8_bank(4096, 384, g)
+    spread = float(torch.sqrt((1.0 / scales.double() ** 2).sum()))
+    assert onepass.int_scan(384) == "avx2"
+    for _ in range(3):
+        q = _query(scales, g)
+        got = onepass.certified(codes, q, inv, 1, spread)
+        assert got is not None and int(got[0]) == onepass.best(codes, q, inv)[0]
 
 
 @pytest.mark.parametrize("m", [4, 8, 192])
