@@ -381,7 +381,9 @@ def render(report: dict[str, Any]) -> str:
             "",
             "The bank scans the codes it stores (no float32 copy): per slot it reads the code "
             "and one float32 inverse norm; a single top-1 read is one pass of model/onepass.py's "
-            "kernel over both, plus the read's bookkeeping. floor = one `torch.sum` pass over "
+            "kernel over both (int8 on an AVX2 CPU: an integer pass that picks the chunks "
+            "which can hold the best slot, then the float pass over those), plus the read's "
+            "bookkeeping. floor = one `torch.sum` pass over "
             "a float32 buffer of that many bytes, timed in turn with the read (where the "
             "CPU's L3 holds the whole bank, the floor is the cache's bandwidth, not DRAM's). "
             "faiss: "
