@@ -28,11 +28,8 @@ a 0.67 ms one-pass `torch.sum` floor (numba's loop: 2.9 ms), float16 1.21 ms (fl
 float32 2.30 ms (floor 2.30); `top` of 3: int8 ~1.06 ms (numba's scores, the product with
 the inverse norms and the chunked top-k: ~3.5 ms). Whole reads: bench/results/bank.md.
 
-int8 codes of a CPU with AVX2 take an integer pass first (`certified`): the query rounded to
-int16, exact int32 sums (AVX-512 VNNI's vpdpbusd, else AVX2's pmaddwd), one maximum per
-chunk; the chunks within twice the rounding's proven bound of the best are then scanned by
-`best` (top 1) or scored by torch (top k), so the answer is the float scan's, slot for slot.
-At 1M x 16 on a Zen 4 EPYC (VNNI): the integer pass 0.50-0.55 ms, `best` 0.91-0.95 ms.
+int8 codes of a CPU with AVX2 take an integer pass first (model/intscan.py), which builds its
+kernels from this file's pieces (`shuffle`, `tree`, `keep_best`, `maxima_ir`, `compile_ir`).
 
 The IR is generated per (dtype, m), compiled with llvmlite (numba's LLVM, already a serving
 dependency: no C compiler at run time) for the host CPU's features, once per process (~20 ms),
@@ -55,14 +52,30 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["CHUNK", "DTYPES", "LANES", "best", "certified", "int_scan", "kernels", "maxima", "top"]
+__all__ = [
+    "CHUNK",
+    "DTYPES",
+    "LANES",
+    "MAXIMA_FN",
+    "best",
+    "compile_ir",
+    "keep_best",
+    "kernels",
+    "maxima",
+    "maxima_ir",
+    "shuffle",
+    "top",
+    "torch_scores",
+    "tree",
+    "word_slots",
+    "words_layout",
+]
 
 LANES = 16  # slots per step; the kernel scans the first N - N % LANES slots, torch the rest
 CHUNK = 512  # slots per maximum of `maxima` (a multiple of LANES)
 DTYPES = {torch.int8: "i8", torch.float16: "half", torch.float32: "float"}
 _NEG_INF = "0xFFF0000000000000"  # -inf as LLVM IR writes a float constant
 _LANES_OUT = threading.local()  # `_lanes`
-Q_MAX = 32639  # the largest |int16 query| of `certified`: 256 hi + lo with hi, lo signed bytes
 
 
 class Kernels(NamedTuple):
@@ -88,7 +101,7 @@ def best(codes: Tensor, q: Tensor, inv: Tensor) -> tuple[int, float]:
         if top > -math.inf:
             slot, value = int(slots[values == top].min()), float(top)
     if nb < n:  # the last N % LANES slots
-        v, i = _scores(codes[nb:], q, inv[nb:]).max(dim=0)
+        v, i = torch_scores(codes[nb:], q, inv[nb:]).max(dim=0)
         if float(v) > value:  # strictly: on a tie the lower slot, in the kernel's part, wins
             slot, value = nb + int(i), float(v)
     return slot, value
@@ -106,17 +119,6 @@ def _lanes() -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     return lanes
 
 
-def _query_buffer(m: int) -> tuple[np.ndarray, int]:
-    """This thread's query buffer of the integer scans (m floats in, the kernel's S out at
-    [m]) and its address, made once per thread and width."""
-    buffers = _LANES_OUT.__dict__.setdefault("queries", {})
-    found = buffers.get(m)
-    if found is None:
-        buf = np.zeros(m + 1, dtype=np.float32)
-        found = buffers[m] = (buf, buf.ctypes.data)
-    return found
-
-
 def maxima(codes: Tensor, q: Tensor, inv: Tensor) -> Tensor:
     """The largest (q . codes[i]) * inv[i] of each CHUNK slots [c * CHUNK, (c + 1) * CHUNK),
     (ceil(N / CHUNK),) float32, in one pass (the last chunk may be shorter)."""
@@ -129,7 +131,7 @@ def maxima(codes: Tensor, q: Tensor, inv: Tensor) -> Tensor:
             codes.data_ptr(), inv.data_ptr(), nb, q.data_ptr(), out.data_ptr()
         )
     if nb < n:  # the last N % LANES slots: in the last chunk
-        out[-1] = max(float(out[-1]), float(_scores(codes[nb:], q, inv[nb:]).max()))
+        out[-1] = max(float(out[-1]), float(torch_scores(codes[nb:], q, inv[nb:]).max()))
     return out
 
 
@@ -149,62 +151,11 @@ def top(codes: Tensor, q: Tensor, inv: Tensor, k: int) -> Tensor | None:
         return None
     rows = (chunks.unsqueeze(1) * CHUNK + torch.arange(CHUNK)).reshape(-1)
     rows = rows[rows < n]
-    scores = _scores(codes[rows], q.to(torch.float32), inv[rows])
-    return rows[torch.topk(scores, k).indices]
+    found = torch_scores(codes[rows], q.to(torch.float32), inv[rows])
+    return rows[torch.topk(found, k).indices]
 
 
-def certified(
-    codes: Tensor, q: Tensor, inv: Tensor, k: int, spread: float, scan: str | None = None
-) -> Tensor | None:
-    """The slots (k,) of the k largest (q . codes[i]) * inv[i], best first (k = 1: the first
-    maximum), for int8 codes (N, m) with `int_width(m)`, q (m,) float32 = the unit query times
-    the scales s, spread = sqrt(sum 1 / s^2): chunk maxima in one integer pass, then the
-    chunks that can hold the top k scored again in float32 (torch), as `top` does.
-
-    The pass scores S * q rounded to int16 (S = Q_MAX / max |q|, in the kernel): exact int32
-    sums, off from S times the float score by at most M = 0.505 spread (|round error| <= 1/2
-    per dimension, + 0.002 for the float32 product S * q, and sum |c_d| * inv <= spread,
-    Cauchy-Schwarz) plus float rounding. A chunk whose integer
-    maximum is more than 2M (+ the float32 score's own rounding) below the k-th largest
-    chunk maximum cannot hold a top-k slot, so the answer is exactly the float32 scan's.
-    None when that leaves more than a quarter of the bank to score (ties, a zero query), or
-    when this CPU has no integer scan for m (`int_scan`; scan: force "vnni" or "avx2")."""
-    n, m = codes.shape
-    scan = scan or int_scan(m)
-    if 4 * k * CHUNK > n or scan is None:
-        return None
-    q = q.to(torch.float32).contiguous()
-    qbuf, address = _query_buffer(m)
-    qbuf[:m] = q.numpy()
-    nb = n - n % LANES
-    out = np.full(-(-n // CHUNK), -np.inf, dtype=np.float32)  # numpy: cheaper calls than torch
-    maxima_fn, _ = int_kernel(m, scan)
-    maxima_fn(codes.data_ptr(), inv.data_ptr(), nb, address, out.ctypes.data)
-    scale = float(qbuf[m])  # the kernel's S (float32); a zero query: 2^100 Q_MAX, all chunks tie
-    if nb < n:  # the last N % LANES slots, in float32 (within the margin of their S * score)
-        tail = float(_scores(codes[nb:], q, inv[nb:]).max()) * scale
-        out[-1] = max(float(out[-1]), tail)
-    # |integer score - S * score| <= M, and the float32 scores are off by (m + 2) 2^-24
-    rounding = 2.0**-22 * (scale + spread)
-    margin = 2.0 * (0.505 * spread + rounding) + 2.0 * scale * (m + 4) * 2.0**-23
-    kth = float(np.partition(out, -k)[-k]) if k > 1 else float(out.max())
-    chunks = np.flatnonzero(out >= kth - margin)
-    if 4 * chunks.size * CHUNK > n:
-        return None
-    if k == 1:  # `best` over those chunks: exactly its answer over the whole bank
-        slot, value = -1, -math.inf
-        for c in chunks.tolist():
-            lo = c * CHUNK
-            s, v = best(codes[lo : lo + CHUNK], q, inv[lo : lo + CHUNK])
-            if v > value:  # strictly: the earlier chunk keeps a tie
-                slot, value = lo + s, v
-        return torch.full((1,), slot, dtype=torch.int64) if slot >= 0 else None
-    rows = (torch.from_numpy(chunks).unsqueeze(1) * CHUNK + torch.arange(CHUNK)).reshape(-1)
-    rows = rows[rows < n]
-    return rows[torch.topk(_scores(codes[rows], q, inv[rows]), k).indices]
-
-
-def _scores(codes: Tensor, q: Tensor, inv: Tensor) -> Tensor:
+def torch_scores(codes: Tensor, q: Tensor, inv: Tensor) -> Tensor:
     """(q . codes[i]) * inv[i] in torch, for the few slots the kernels leave (the N % LANES
     tail, the chunks that may hold the top k)."""
     return (codes.to(torch.float32) @ q) * inv
@@ -213,22 +164,22 @@ def _scores(codes: Tensor, q: Tensor, inv: Tensor) -> Tensor:
 @functools.cache
 def kernels(dtype: torch.dtype, m: int) -> Kernels:
     """The compiled scans for codes of this dtype and width (cached: compiled once, ~20 ms)."""
-    engine = _compile(kernel_ir(DTYPES[dtype], m))
+    engine = compile_ir(kernel_ir(DTYPES[dtype], m))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     best_fn = ctypes.CFUNCTYPE(None, ptr, ptr, i64, ptr, ptr, ptr)
     return Kernels(
         best=best_fn(engine.get_function_address("best")),
-        maxima=_MAXIMA_FN(engine.get_function_address("maxima")),
+        maxima=MAXIMA_FN(engine.get_function_address("maxima")),
         engine=engine,
     )
 
 
-_MAXIMA_FN = ctypes.CFUNCTYPE(
+MAXIMA_FN = ctypes.CFUNCTYPE(
     None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p
 )
 
 
-def _compile(ir: str) -> Any:
+def compile_ir(ir: str) -> Any:
     """LLVM IR -> llvmlite's execution engine holding its machine code for the host CPU."""
     import llvmlite.binding as llvm  # numba's LLVM; loaded with the first scan, not the import
 
@@ -246,44 +197,18 @@ def _compile(ir: str) -> Any:
     return engine
 
 
-@functools.cache
-def _features() -> tuple[str, ...]:
-    """The host CPU's features that the integer scans use."""
-    import llvmlite.binding as llvm
-
-    llvm.initialize_native_target()
-    have = llvm.get_host_cpu_features()
-    return tuple(f for f in ("avx2", "avx512bw", "avx512vnni") if have.get(f, False))
-
-
-def int_scan(m: int) -> str | None:
-    """Which integer scan `certified` runs for int8 codes of width m on this CPU: "vnni"
-    (AVX-512 VNNI; m = 4, 8, 16, 32, 64, 128 or 192), "avx2" (pmaddwd; m a multiple of 16 up
-    to 512), or None. The bounds keep the int32 sums from overflowing."""
-    have = _features()
-    if {"avx512bw", "avx512vnni"} <= set(have) and _words("i8", m) and m <= 192:
-        return "vnni"
-    if "avx2" in have and m % 16 == 0 and m <= 512:
-        return "avx2"
-    return None
-
-
-@functools.cache
-def int_kernel(m: int, scan: str) -> tuple[Callable[[int, int, int, int, int], None], object]:
-    """The compiled `imaxima` of this integer scan ("vnni", "avx2") for width m, and its
-    engine (the machine code lives as long as it does)."""
-    engine = _compile(vnni_kernel_ir(m) if scan == "vnni" else int_kernel_ir(m))
-    return _MAXIMA_FN(engine.get_function_address("imaxima")), engine
-
-
-def _words(el: str, m: int) -> bool:
+def words_layout(el: str, m: int) -> bool:
     """int8 codes read as 32-bit words (4 codes each, little-endian): m a multiple of 4 whose
     words per slot divide 16 or are a multiple of 16 (m = 4, 8, 16, 32, 64, 128, 192, ...)."""
     r = m // 4
     return el == "i8" and m % 4 == 0 and (16 % r == 0 or r % 16 == 0) and sys.byteorder == "little"
 
 
-_V, _B, _I = f"<{LANES} x float>", f"<{LANES} x i1>", f"<{LANES} x i64>"  # lane vector types
+LANE_FLOATS, _B, _I = (
+    f"<{LANES} x float>",
+    f"<{LANES} x i1>",
+    f"<{LANES} x i64>",
+)  # lane vector types
 
 
 def kernel_ir(el: str, m: int) -> str:
@@ -294,186 +219,32 @@ def kernel_ir(el: str, m: int) -> str:
     out)` the largest score of each CHUNK slots."""
     lines: list[str] = []
     prelude: list[str] = [f"%qv = load <{m} x float>, ptr %q, align 4"]
-    vecs = _words_products(m, lines, prelude) if _words(el, m) else _products(el, m, lines)
-    total, order = _tree(lines, vecs)
-    _keep_best(lines, total, order)
+    vecs = _words_products(m, lines, prelude) if words_layout(el, m) else _products(el, m, lines)
+    total, order = tree(lines, vecs)
+    keep_best(lines, total, order)
     pre = "\n  ".join(prelude)
     step = "\n  ".join([f"%base = mul i64 %i, {m}", *lines])
-    return _best_ir(pre, step, [f"i64 {s}" for s in order]) + _maxima_ir(pre, step) + _FMAX
+    return _best_ir(pre, step, [f"i64 {s}" for s in order]) + maxima_ir(pre, step) + FMAX_DECL
 
 
-def _keep_best(lines: list[str], total: str, order: list[int]) -> None:
+def keep_best(lines: list[str], total: str, order: list[int]) -> None:
     """The step's end: its LANES sums (lane j: slot order[j] of the step) times the slots'
     inverse norms, and the lane maxima %bv -> %bv1."""
     perm = ", ".join(f"i32 {s}" for s in order)
     lines += [
         "%ip = getelementptr float, ptr %inv, i64 %i",
-        f"%iv0 = load {_V}, ptr %ip, align 4",
-        f"%iv = shufflevector {_V} %iv0, {_V} poison, <{LANES} x i32> <{perm}>",
-        f"%val = fmul {_V} {total}, %iv",
-        f"%gt = fcmp ogt {_V} %val, %bv",
-        f"%bv1 = select {_B} %gt, {_V} %val, {_V} %bv",
+        f"%iv0 = load {LANE_FLOATS}, ptr %ip, align 4",
+        f"%iv = shufflevector {LANE_FLOATS} %iv0, {LANE_FLOATS} poison, <{LANES} x i32> <{perm}>",
+        f"%val = fmul {LANE_FLOATS} {total}, %iv",
+        f"%gt = fcmp ogt {LANE_FLOATS} %val, %bv",
+        f"%bv1 = select {_B} %gt, {LANE_FLOATS} %val, {LANE_FLOATS} %bv",
     ]
-
-
-def int_kernel_ir(m: int) -> str:
-    """LLVM IR of `imaxima(codes, inv, nb, q, out)`: `maxima` for int8 codes against a query
-    quantised to int16 (m of them at q, m a multiple of 16): each slot's 16 codes at a time
-    sign-extended to int16 and multiplied by pmaddwd (pairs of products added, exact in
-    int32), the 8 pair sums of two slots side by side in one vector, the tree in int32, then
-    each slot's sum as float times its inverse norm."""
-    g16 = m // 16
-    prelude = [*_int_query(m), f"%qw = trunc <{m} x i32> %qi to <{m} x i16>"]
-    for g in range(g16):
-        dims = list(range(16 * g, 16 * g + 16))
-        prelude.append(_shuffle(f"%q{g}", "%qw", "poison", dims, m, "i16"))
-    lines: list[str] = []
-    sums = []
-    for t in range(LANES):
-        acc = ""
-        for g in range(g16):
-            n = f"{t}_{g}"
-            lines += [
-                f"%o{n} = add i64 %base, {t * m + 16 * g}",
-                f"%p{n} = getelementptr i8, ptr %codes, i64 %o{n}",
-                f"%c{n} = load <16 x i8>, ptr %p{n}, align 1",
-                f"%cw{n} = sext <16 x i8> %c{n} to <16 x i16>",
-                f"%pm{n} = call <8 x i32> @llvm.x86.avx2.pmadd.wd(<16 x i16> %cw{n}, "
-                f"<16 x i16> %q{g})",
-            ]
-            if acc:
-                lines.append(f"%pa{n} = add <8 x i32> {acc}, %pm{n}")
-                acc = f"%pa{n}"
-            else:
-                acc = f"%pm{n}"
-        sums.append(acc)
-    vecs = []
-    for t in range(0, LANES, 2):  # two slots' 8 pair sums side by side
-        both = _shuffle(f"%pp{t}", sums[t], sums[t + 1], list(range(16)), 8, "i32")
-        lines.append(both)
-        vecs.append((f"%pp{t}", [t] * 8 + [t + 1] * 8, 8))
-    total, order = _tree(lines, vecs, "i32")
-    lines.append(f"%tf = sitofp <{LANES} x i32> {total} to {_V}")
-    _keep_best(lines, "%tf", order)
-    pre = "\n  ".join(prelude)
-    step = "\n  ".join([f"%base = mul i64 %i, {m}", *lines])
-    pmadd = "declare <8 x i32> @llvm.x86.avx2.pmadd.wd(<16 x i16>, <16 x i16>)\n"
-    return _maxima_ir(pre, step, "imaxima") + _int_declarations(m) + pmadd
-
-
-def _int_query(m: int) -> list[str]:
-    """The integer scans' prelude: the float query (m at q) times S = Q_MAX / max |q|,
-    rounded half to even, as int32 %qi; S stored at q[m] for the caller's margin. A zero
-    query takes S = Q_MAX * 2^100 and rounds to zeros."""
-    v, sp = f"<{m} x float>", f"<{m} x i32> zeroinitializer"
-    return [
-        f"%qv = load {v}, ptr %q, align 4",
-        f"%qa = call {v} @llvm.fabs.v{m}f32({v} %qv)",
-        f"%pk0 = call float @llvm.vector.reduce.fmax.v{m}f32({v} %qa)",
-        "%pk = call float @llvm.maxnum.f32(float %pk0, float 0x39B0000000000000)",  # 2^-100
-        f"%sc = fdiv float {Q_MAX}.0, %pk",
-        f"%scp = getelementptr float, ptr %q, i64 {m}",
-        "store float %sc, ptr %scp, align 4",
-        f"%sc0 = insertelement {v} poison, float %sc, i32 0",
-        f"%scv = shufflevector {v} %sc0, {v} poison, {sp}",
-        f"%qm = fmul {v} %qv, %scv",
-        f"%qr = call {v} @llvm.rint.v{m}f32({v} %qm)",
-        f"%qi = fptosi {v} %qr to <{m} x i32>",
-    ]
-
-
-def _int_declarations(m: int) -> str:
-    """The intrinsics `_int_query` and the chunk maxima call (fmax over m and LANES floats)."""
-    v = f"<{m} x float>"
-    lines = {
-        _FMAX.strip(),
-        f"declare float @llvm.vector.reduce.fmax.v{m}f32({v})",
-        f"declare {v} @llvm.fabs.v{m}f32({v})",
-        f"declare {v} @llvm.rint.v{m}f32({v})",
-        "declare float @llvm.maxnum.f32(float, float)",
-        f"declare i32 @llvm.vector.reduce.add.v{m}i32(<{m} x i32>)",
-    }
-    return "\n" + "\n".join(sorted(lines)) + "\n"
-
-
-_DPBUSD = "@llvm.x86.avx512.vpdpbusd.512"
-
-
-def vnni_kernel_ir(m: int) -> str:
-    """LLVM IR of `imaxima` on AVX-512 VNNI: the codes read as 32-bit words (`_words`'s
-    layout: 16 words, 64 codes, per vector), each byte + 128 (an xor) as the unsigned operand
-    of vpdpbusd, which adds 4 byte products per word into int32, against the query's int16
-    split into two signed bytes Q = 256 hi + lo; then 256 * (codes . hi) + codes . lo, less
-    128 * sum Q (the +128), is codes . Q exactly. q holds, per vector of a slot, the 16 words
-    of hi then of lo (64 bytes each, in the words' dimension order), then that correction
-    as one int32."""
-    r = m // 4
-    per_slot = max(r // LANES, 1)
-    lane_span = min(r, LANES)
-    vi, vb = f"<{m} x i32>", f"<{m} x i8>"
-    prelude = [
-        *_int_query(m),
-        f"%qz1 = add {vi} %qi, splat (i32 128)",  # signed bytes: q = 256 hi + lo
-        f"%qz2 = and {vi} %qz1, splat (i32 255)",
-        f"%qlo = sub {vi} %qz2, splat (i32 128)",
-        f"%qhd = sub {vi} %qi, %qlo",
-        f"%qhi = ashr {vi} %qhd, splat (i32 8)",
-        f"%qhib = trunc {vi} %qhi to {vb}",
-        f"%qlob = trunc {vi} %qlo to {vb}",
-    ]
-    for v in range(per_slot):  # word w of vector v: dimensions 4 * (16 v + w % lane_span) + 0..3
-        dims = [4 * (v * LANES + w % lane_span) + k for w in range(LANES) for k in range(4)]
-        for name in ("h", "l"):
-            prelude += [
-                _shuffle(
-                    f"%q{name}{v}b",
-                    f"%q{name}ob" if name == "l" else "%qhib",
-                    "poison",
-                    dims,
-                    m,
-                    "i8",
-                ),
-                f"%q{name}{v} = bitcast <64 x i8> %q{name}{v}b to <16 x i32>",
-            ]
-    prelude += [
-        f"%qsum = call i32 @llvm.vector.reduce.add.v{m}i32({vi} %qi)",
-        "%corr = mul i32 %qsum, 128",
-        "%cv0 = insertelement <16 x i32> poison, i32 %corr, i32 0",
-        "%cv = shufflevector <16 x i32> %cv0, <16 x i32> poison, <16 x i32> zeroinitializer",
-    ]
-    lines: list[str] = []
-    partial = []
-    for g in range(r):
-        v = g % per_slot
-        lines += [
-            f"%wo{g} = add i64 %base, {g * 64}",
-            f"%wp{g} = getelementptr i8, ptr %codes, i64 %wo{g}",
-            f"%w{g} = load <16 x i32>, ptr %wp{g}, align 1",
-            f"%u{g} = xor <16 x i32> %w{g}, splat (i32 -2139062144)",  # 0x80808080: byte + 128
-            f"%h{g} = call <16 x i32> {_DPBUSD}(<16 x i32> zeroinitializer, <16 x i32> %u{g}, "
-            f"<16 x i32> %qh{v})",
-            f"%hs{g} = shl <16 x i32> %h{g}, splat (i32 8)",
-            f"%d{g} = call <16 x i32> {_DPBUSD}(<16 x i32> %hs{g}, <16 x i32> %u{g}, "
-            f"<16 x i32> %ql{v})",
-        ]
-        partial.append(f"%d{g}")
-    vecs = _word_slots(lines, partial, per_slot, lane_span, "add <16 x i32>")
-    total, order = _tree(lines, vecs, "i32")
-    lines += [
-        f"%tc = sub <{LANES} x i32> {total}, %cv",
-        f"%tf = sitofp <{LANES} x i32> %tc to {_V}",
-    ]
-    _keep_best(lines, "%tf", order)
-    pre = "\n  ".join(prelude)
-    step = "\n  ".join([f"%base = mul i64 %i, {m}", *lines])
-    dpbusd = f"declare <16 x i32> {_DPBUSD}(<16 x i32>, <16 x i32>, <16 x i32>)\n"
-    return _maxima_ir(pre, step, "imaxima") + _int_declarations(m) + dpbusd
 
 
 def _best_ir(pre: str, step: str, lanes: list[str]) -> str:
     """`best`: one loop over the steps; each lane keeps its first maximum (strict >) and that
     slot (lanes: each lane's slot within a step, the tree's order)."""
-    v, f, i = _V, _B, _I
+    v, f, i = LANE_FLOATS, _B, _I
     return f"""
 define void @best(ptr noalias %codes, ptr noalias %inv, i64 %nb, ptr noalias %q,
                   ptr %ov, ptr %oi) {{
@@ -503,10 +274,10 @@ exit:
 """
 
 
-def _maxima_ir(pre: str, step: str, name: str = "maxima") -> str:
+def maxima_ir(pre: str, step: str, name: str = "maxima") -> str:
     """`maxima`: the steps of each CHUNK slots (the last chunk may be shorter), then the
     largest of the lane maxima stored for that chunk."""
-    v = _V
+    v = LANE_FLOATS
     return f"""
 define void @{name}(ptr noalias %codes, ptr noalias %inv, i64 %nb, ptr noalias %q,
                     ptr noalias %om) {{
@@ -540,10 +311,10 @@ exit:
 """
 
 
-_FMAX = f"\ndeclare float @llvm.vector.reduce.fmax.v{LANES}f32({_V})\n"
+FMAX_DECL = f"\ndeclare float @llvm.vector.reduce.fmax.v{LANES}f32({LANE_FLOATS})\n"
 
 
-def _shuffle(name: str, a: str, b: str, mask: list[int], width: int, el: str = "float") -> str:
+def shuffle(name: str, a: str, b: str, mask: list[int], width: int, el: str = "float") -> str:
     picks = ", ".join(f"i32 {x}" for x in mask)
     w = f"<{width} x {el}>"
     return f"{name} = shufflevector {w} {a}, {w} {b}, <{len(mask)} x i32> <{picks}>"
@@ -569,14 +340,14 @@ def _products(el: str, m: int, lines: list[str]) -> list[tuple[str, list[int], i
         cur = f"%x{t}"
         if wide != m:
             pad = [j if j < m else m for j in range(wide)]
-            lines.append(_shuffle(f"%xp{t}", cur, "zeroinitializer", pad, m))
+            lines.append(shuffle(f"%xp{t}", cur, "zeroinitializer", pad, m))
             cur = f"%xp{t}"
         acc = cur
         if wide > LANES:
             pieces = []
             for g in range(wide // LANES):
                 mask = list(range(g * LANES, (g + 1) * LANES))
-                lines.append(_shuffle(f"%xc{t}_{g}", cur, "poison", mask, wide))
+                lines.append(shuffle(f"%xc{t}_{g}", cur, "poison", mask, wide))
                 pieces.append(f"%xc{t}_{g}")
             acc = pieces[0]
             for g, piece in enumerate(pieces[1:]):
@@ -599,7 +370,7 @@ def _words_products(
     for v in range(per_slot):
         for k in range(4):
             dims = [4 * (v * LANES + w % lane_span) + k for w in range(LANES)]
-            prelude.append(_shuffle(f"%q{v}_{k}", "%qv", "poison", dims, m))
+            prelude.append(shuffle(f"%q{v}_{k}", "%qv", "poison", dims, m))
     partial: list[str] = []
     for g in range(r):
         lines += [
@@ -627,13 +398,13 @@ def _words_products(
                 acc = f"%wm{g}_{k}"
         assert acc is not None
         partial.append(acc)
-    return _word_slots(lines, partial, per_slot, lane_span, "fadd reassoc nsz <16 x float>")
+    return word_slots(lines, partial, per_slot, lane_span, "fadd reassoc nsz <16 x float>")
 
 
-def _word_slots(
+def word_slots(
     lines: list[str], partial: list[str], per_slot: int, lane_span: int, add: str
 ) -> list[tuple[str, list[int], int]]:
-    """The word vectors' partial sums as `_tree`'s input: a slot spanning per_slot vectors
+    """The word vectors' partial sums as `tree`'s input: a slot spanning per_slot vectors
     gets them added (`add`: the instruction and type); else each vector holds LANES //
     lane_span slots of lane_span lanes each."""
     vecs = []
@@ -650,7 +421,7 @@ def _word_slots(
     return vecs
 
 
-def _tree(
+def tree(
     lines: list[str], vecs: list[tuple[str, list[int], int]], el: str = "float"
 ) -> tuple[str, list[int]]:
     """Add vectors of per-slot partial sums (groups of `width` lanes, one slot each) pairwise
@@ -672,8 +443,8 @@ def _tree(
             (x, sx), (y, sy) = items[a], items[a + 1]
             name = f"%r{level}_{a}"
             lines += [
-                _shuffle(name + "l", x, y, lo_mask, LANES, el),
-                _shuffle(name + "h", x, y, hi_mask, LANES, el),
+                shuffle(name + "l", x, y, lo_mask, LANES, el),
+                shuffle(name + "h", x, y, hi_mask, LANES, el),
                 f"{name} = {add} <{LANES} x {el}> {name}l, {name}h",
             ]
             nxt.append((name, [(sx + sy)[j] for j in lo_mask]))

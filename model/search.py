@@ -13,7 +13,7 @@ The block's scores stay in cache between the product and the top-k that consumes
 N x B score matrix exists. A single query over all slots of int8, float16 or float32 codes on
 the CPU takes one compiled pass instead (model/onepass.py: scores and running maxima in
 registers, near the memory-bandwidth floor; the top 1, or chunk maxima for the top k; int8 by
-an integer pass that only picks the chunks, `onepass.certified`), falling back to the masked
+an integer pass that only picks the chunks, model/intscan.py), falling back to the masked
 scan when a free slot makes the top k.
 Returned scores are recomputed per (query, slot) pair from the dequantised codes, so they do
 not depend on the batch or the blocking. Ties between equal scores go to the lower slot for
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model import onepass
+from model import intscan, onepass
 
 __all__ = ["all_finite", "inverse_norms", "rank_in_order", "search", "unit_rows", "warm"]
 
@@ -332,10 +332,10 @@ def _fused_top(
     q: Tensor, codes: Tensor, inv: Tensor, k: int, spread: float | None
 ) -> Tensor | None:
     """The top k slots (k,) of one query by model/onepass.py's scans, or None (a small bank,
-    ties): int8 codes by the integer scan when this CPU has one (`certified`, given the
+    ties): int8 codes by the integer scan when this CPU has one (model/intscan.py, given the
     scales' spread), else the float scans (`best`, `top`)."""
     if spread is not None and codes.dtype == torch.int8:
-        found = onepass.certified(codes, q, inv, k, spread)
+        found = intscan.certified(codes, q, inv, k, spread)
         if found is not None:
             return found
     if k > 1:
@@ -345,7 +345,7 @@ def _fused_top(
 
 
 def scale_spread(scales: Tensor) -> float:
-    """sqrt(sum 1 / s^2) of int8 scales s (m,): `onepass.certified`'s error bound."""
+    """sqrt(sum 1 / s^2) of int8 scales s (m,): `intscan.certified`'s error bound."""
     s = scales.detach().cpu().numpy().astype(np.float64)
     return float(np.sqrt(np.sum(1.0 / (s * s))))
 

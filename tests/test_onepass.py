@@ -1,4 +1,5 @@
-"""model/onepass.py: the compiled single-query scans against torch (first maximum, top k)."""
+"""model/onepass.py and model/intscan.py: the compiled single-query scans against torch (first
+maximum, top k) and against each other (the integer pass answers as the float scan)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import llvmlite.binding as llvm
 import pytest
 import torch
 
-from model import onepass
+from model import intscan, onepass
 from model.bank import MemoryBank
 
 DTYPES = [torch.int8, torch.float16, torch.float32]
@@ -154,13 +155,14 @@ def test_bank_single_reads_take_the_kernel_and_answer_like_a_batch(dtype: str) -
 
 # --------------------------------------------------------------- the integer scan of int8 codes
 
-SCANS = [s for s in ("vnni", "avx2") if s == "avx2" or onepass.int_scan(16) == "vnni"]
+SCANS = [s for s in ("vnni", "avx2") if s == "avx2" or intscan.int_scan(16) == "vnni"]
 
 
-def _int8_bank(n: int, m: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+def _int8_bank(
+    n: int, m: int, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """int8 codes with per-dimension scales 0.01-0.2 (as a trained codec's), the inverse
-    norms of the dequantised codes, and the scales' spread; and the query scaled as a read
-    scales it (unit, times the scales)."""
+    norms of their dequantised codes, and the scales."""
     scales = torch.linspace(0.01, 0.2, m)[torch.randperm(m, generator=g)]
     z = torch.randn(n, m, generator=g) * scales * 40
     codes = torch.round(z / scales).clamp_(-127, 127).to(torch.int8)
@@ -175,8 +177,8 @@ def _query(scales: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def test_this_cpu_has_an_integer_scan() -> None:
     """x86 with AVX2 (any server CPU since 2013; CI's): int8 reads take the integer scan."""
-    assert onepass.int_scan(16) in ("vnni", "avx2")
-    assert onepass.int_scan(12) is None and onepass.int_scan(1024) is None
+    assert intscan.int_scan(16) in ("vnni", "avx2")
+    assert intscan.int_scan(12) is None and intscan.int_scan(1024) is None
 
 
 @pytest.mark.parametrize("scan", SCANS)
@@ -191,9 +193,9 @@ def test_certified_top_1_is_best_and_top_k_is_top(scan: str, m: int) -> None:
         spread = float(torch.sqrt((1.0 / scales.double() ** 2).sum()))
         for _ in range(6):
             q = _query(scales, g)
-            got = onepass.certified(codes, q, inv, 1, spread, scan)
+            got = intscan.certified(codes, q, inv, 1, spread, scan)
             assert got is not None and int(got[0]) == onepass.best(codes, q, inv)[0]
-            top = onepass.certified(codes, q, inv, 3, spread, scan)
+            top = intscan.certified(codes, q, inv, 3, spread, scan)
             assert top is not None and torch.equal(top, onepass.top(codes, q, inv, 3))
 
 
@@ -216,9 +218,9 @@ def test_certified_keeps_near_ties_and_ties_exact(scan: str) -> None:
         inv[slot] = 1.0 / (code.float() * scales).norm()
     want = onepass.best(codes, q, inv)[0]
     assert want in (min(top, 9_000), 30_001)
-    got = onepass.certified(codes, q, inv, 1, spread, scan)
+    got = intscan.certified(codes, q, inv, 1, spread, scan)
     assert got is not None and int(got[0]) == want
-    three = onepass.certified(codes, q, inv, 3, spread, scan)
+    three = intscan.certified(codes, q, inv, 3, spread, scan)
     assert three is not None and torch.equal(three, onepass.top(codes, q, inv, 3))
 
 
@@ -226,11 +228,11 @@ def test_certified_gives_up_on_a_zero_query_a_small_bank_and_mass_ties() -> None
     g = torch.Generator().manual_seed(3)
     codes, inv, scales = _int8_bank(4096, 16, g)
     spread = float(torch.sqrt((1.0 / scales.double() ** 2).sum()))
-    assert onepass.certified(codes, torch.zeros(16), inv, 1, spread) is None
-    assert onepass.certified(codes[:2000], _query(scales, g), inv[:2000], 1, spread) is None
+    assert intscan.certified(codes, torch.zeros(16), inv, 1, spread) is None
+    assert intscan.certified(codes[:2000], _query(scales, g), inv[:2000], 1, spread) is None
     same = codes[:1].expand(4096, 16).contiguous()  # every slot ties: all chunks qualify
     assert (
-        onepass.certified(same, _query(scales, g), inv[:1].expand(4096).contiguous(), 1, spread)
+        intscan.certified(same, _query(scales, g), inv[:1].expand(4096).contiguous(), 1, spread)
         is None
     )
 
@@ -238,9 +240,9 @@ def test_certified_gives_up_on_a_zero_query_a_small_bank_and_mass_ties() -> None
 @pytest.mark.parametrize("m", [4, 8, 16, 32, 64, 128, 192, 272, 384, 512])
 def test_the_integer_kernels_ir_verifies(m: int) -> None:
     if m <= 192:
-        llvm.parse_assembly(onepass.vnni_kernel_ir(m)).verify()
+        llvm.parse_assembly(intscan.vnni_kernel_ir(m)).verify()
     if m % 16 == 0:
-        llvm.parse_assembly(onepass.int_kernel_ir(m)).verify()
+        llvm.parse_assembly(intscan.int_kernel_ir(m)).verify()
 
 
 def test_avx2_scan_of_wide_codes() -> None:
@@ -248,10 +250,10 @@ def test_avx2_scan_of_wide_codes() -> None:
     g = torch.Generator().manual_seed(384)
     codes, inv, scales = _int8_bank(4096, 384, g)
     spread = float(torch.sqrt((1.0 / scales.double() ** 2).sum()))
-    assert onepass.int_scan(384) == "avx2"
+    assert intscan.int_scan(384) == "avx2"
     for _ in range(3):
         q = _query(scales, g)
-        got = onepass.certified(codes, q, inv, 1, spread)
+        got = intscan.certified(codes, q, inv, 1, spread)
         assert got is not None and int(got[0]) == onepass.best(codes, q, inv)[0]
 
 
@@ -259,15 +261,15 @@ def test_avx2_scan_of_wide_codes() -> None:
 def test_vnni_widths_off_sixteen(m: int) -> None:
     """The word layouts of m = 4 and 8 (several slots per word vector) and 192 (a slot over
     three vectors), where this CPU has VNNI."""
-    if onepass.int_scan(m) != "vnni":
-        assert onepass.int_scan(m) is None or m == 192
+    if intscan.int_scan(m) != "vnni":
+        assert intscan.int_scan(m) is None or m == 192
         return
     g = torch.Generator().manual_seed(m)
     codes, inv, scales = _int8_bank(8192, m, g)
     spread = float(torch.sqrt((1.0 / scales.double() ** 2).sum()))
     for _ in range(5):
         q = _query(scales, g)
-        got = onepass.certified(codes, q, inv, 1, spread)
+        got = intscan.certified(codes, q, inv, 1, spread)
         assert got is not None and int(got[0]) == onepass.best(codes, q, inv)[0]
 
 
@@ -291,10 +293,10 @@ def test_certified_follows_the_float_order_where_the_integer_order_differs(scan:
     q = w / w.norm()  # scales all 1: spread = sqrt(16)
     scores = codes.float() @ q * inv
     assert int(scores.argmax()) == a and float(scores[a] - scores[b]) > 1e-5
-    scale = onepass.Q_MAX / float(q.abs().max())
+    scale = intscan.Q_MAX / float(q.abs().max())
     q16 = torch.round(q * scale).to(torch.int64)
     integer = (codes.to(torch.int64) @ q16).double() * inv.double()
     assert integer[b] > integer[a]  # the integer scan alone would pick B
     assert onepass.best(codes, q, inv)[0] == a
-    got = onepass.certified(codes, q, inv, 1, 4.0, scan)
+    got = intscan.certified(codes, q, inv, 1, 4.0, scan)
     assert got is not None and int(got[0]) == a
