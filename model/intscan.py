@@ -94,7 +94,9 @@ def certified(
     scan = scan or int_scan(m)
     if 4 * k * CHUNK > n or scan is None:
         return None
-    q = q.to(torch.float32).contiguous()
+    if not codes.is_contiguous():
+        raise ValueError("expected contiguous codes (the kernels read raw memory)")
+    q, inv = q.to(torch.float32).contiguous(), inv.contiguous()  # the kernels read raw memory
     qbuf, address = _query_buffer(m)
     qbuf[:m] = q.numpy()
     nb = n - n % LANES

@@ -91,7 +91,9 @@ def best(codes: Tensor, q: Tensor, inv: Tensor) -> tuple[int, float]:
     (N, m) int8, float16 or float32 (contiguous, on the CPU), q (m,) and inv (N,) float32;
     (-1, -inf) when N is 0 (or no score beats -inf)."""
     n, m = codes.shape
-    q = q.to(torch.float32).contiguous()
+    if not codes.is_contiguous():
+        raise ValueError("expected contiguous codes (the kernels read raw memory)")
+    q, inv = q.to(torch.float32).contiguous(), inv.contiguous()  # the kernels read raw memory
     nb = n - n % LANES
     slot, value = -1, -math.inf
     if nb:
@@ -123,7 +125,9 @@ def maxima(codes: Tensor, q: Tensor, inv: Tensor) -> Tensor:
     """The largest (q . codes[i]) * inv[i] of each CHUNK slots [c * CHUNK, (c + 1) * CHUNK),
     (ceil(N / CHUNK),) float32, in one pass (the last chunk may be shorter)."""
     n, m = codes.shape
-    q = q.to(torch.float32).contiguous()
+    if not codes.is_contiguous():
+        raise ValueError("expected contiguous codes (the kernels read raw memory)")
+    q, inv = q.to(torch.float32).contiguous(), inv.contiguous()  # the kernels read raw memory
     nb = n - n % LANES
     out = torch.full((-(-n // CHUNK),), -math.inf, dtype=torch.float32)
     if nb:

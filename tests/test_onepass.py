@@ -300,3 +300,24 @@ def test_certified_follows_the_float_order_where_the_integer_order_differs(scan:
     assert onepass.best(codes, q, inv)[0] == a
     got = intscan.certified(codes, q, inv, 1, 4.0, scan)
     assert got is not None and int(got[0]) == a
+
+
+def test_scans_take_strided_inverse_norms_and_refuse_strided_codes() -> None:
+    """The kernels read raw memory: an inverse-norm view (stride 0 or 2) is made contiguous
+    first and answers as its copy; codes that are not contiguous are refused, not misread."""
+    g = torch.Generator().manual_seed(9)
+    codes, inv, scales = _int8_bank(8192, 16, g)
+    spread = float(torch.sqrt((1.0 / scales.double() ** 2).sum()))
+    q = _query(scales, g)
+    strided = torch.stack([inv, torch.zeros_like(inv)], dim=1)[:, 0]  # stride 2
+    assert not strided.is_contiguous()
+    assert onepass.best(codes, q, strided) == onepass.best(codes, q, inv)
+    got = intscan.certified(codes, q, strided, 1, spread)
+    assert got is not None and int(got[0]) == onepass.best(codes, q, inv)[0]
+    flat = inv[:1].expand(8192)  # stride 0: every slot the same inverse norm
+    assert onepass.best(codes, q, flat) == onepass.best(codes, q, flat.contiguous())
+    wide = torch.cat([codes, codes], dim=1)[:, :16]
+    with pytest.raises(ValueError, match="contiguous codes"):
+        onepass.best(wide, q, inv)
+    with pytest.raises(ValueError, match="contiguous codes"):
+        intscan.certified(wide, q, inv, 1, spread)
