@@ -36,20 +36,44 @@ from model.onepass import (
     MAXIMA_FN,
     best,
     compile_ir,
+    join_ir,
     keep_best,
     maxima_ir,
     shuffle,
+    top_of_chunks,
     torch_scores,
     tree,
     word_slots,
     words_layout,
 )
 
-__all__ = ["Q_MAX", "certified", "int_kernel", "int_kernel_ir", "int_scan", "vnni_kernel_ir"]
+__all__ = [
+    "Q_MAX",
+    "certified",
+    "int_kernel",
+    "int_kernel_ir",
+    "int_scan",
+    "scale_spread",
+    "vnni_kernel_ir",
+    "warm",
+]
 
 _QUERIES = threading.local()  # `_query_buffer`
 
 Q_MAX = 32639  # the largest |int16 query| of `certified`: 256 hi + lo with hi, lo signed bytes
+
+
+def scale_spread(scales: Tensor) -> float:
+    """sqrt(sum 1 / s^2) of int8 scales s (m,): the bound of `certified`'s rounding error."""
+    s = scales.detach().cpu().numpy().astype(np.float64)
+    return float(np.sqrt(np.sum(1.0 / (s * s))))
+
+
+def warm(m: int) -> None:
+    """Compile this CPU's integer scan for int8 codes of width m now, not in the first read."""
+    scan = int_scan(m)
+    if scan is not None:
+        int_kernel(m, scan)
 
 
 def int_scan(m: int) -> str | None:
@@ -78,16 +102,17 @@ def certified(
     codes: Tensor, q: Tensor, inv: Tensor, k: int, spread: float, scan: str | None = None
 ) -> Tensor | None:
     """The slots (k,) of the k largest (q . codes[i]) * inv[i], best first (k = 1: the first
-    maximum), for int8 codes (N, m) with `int_width(m)`, q (m,) float32 = the unit query times
-    the scales s, spread = sqrt(sum 1 / s^2): chunk maxima in one integer pass, then the
-    chunks that can hold the top k scored again in float32 (torch), as `top` does.
+    maximum), for int8 codes (N, m) that `int_scan(m)` takes, q (m,) float32 = the unit query
+    times the scales s, spread = `scale_spread(s)`: chunk maxima in one integer pass, then
+    the chunks that can hold the top k scanned again in float32 (`best` for k = 1, torch's
+    scores as `top` for k > 1).
 
     The pass scores S * q rounded to int16 (S = Q_MAX / max |q|, in the kernel): exact int32
     sums, off from S times the float score by at most M = 0.505 spread (|round error| <= 1/2
     per dimension, + 0.002 for the float32 product S * q, and sum |c_d| * inv <= spread,
-    Cauchy-Schwarz) plus float rounding. A chunk whose integer
-    maximum is more than 2M (+ the float32 score's own rounding) below the k-th largest
-    chunk maximum cannot hold a top-k slot, so the answer is exactly the float32 scan's.
+    Cauchy-Schwarz) plus float rounding. A chunk whose integer maximum is more than 2M (+ the
+    float32 score's own rounding) below the k-th largest chunk maximum cannot hold a top-k
+    slot, so the answer is exactly the float32 scan's.
     None when that leaves more than a quarter of the bank to score (ties, a zero query), or
     when this CPU has no integer scan for m (`int_scan`; scan: force "vnni" or "avx2")."""
     n, m = codes.shape
@@ -107,7 +132,8 @@ def certified(
     if nb < n:  # the last N % LANES slots, in float32 (within the margin of their S * score)
         tail = float(torch_scores(codes[nb:], q, inv[nb:]).max()) * scale
         out[-1] = max(float(out[-1]), tail)
-    # |integer score - S * score| <= M, and the float32 scores are off by (m + 2) 2^-24
+    # |integer score - S * score| <= M, and the float32 scores are off by at most (m + 2)
+    # 2^-24 (bounded here with room to spare: (m + 4) 2^-23)
     rounding = 2.0**-22 * (scale + spread)
     margin = 2.0 * (0.505 * spread + rounding) + 2.0 * scale * (m + 4) * 2.0**-23
     kth = float(np.partition(out, -k)[-k]) if k > 1 else float(out.max())
@@ -122,9 +148,7 @@ def certified(
             if v > value:  # strictly: the earlier chunk keeps a tie
                 slot, value = lo + s, v
         return torch.full((1,), slot, dtype=torch.int64) if slot >= 0 else None
-    rows = (torch.from_numpy(chunks).unsqueeze(1) * CHUNK + torch.arange(CHUNK)).reshape(-1)
-    rows = rows[rows < n]
-    return rows[torch.topk(torch_scores(codes[rows], q, inv[rows]), k).indices]
+    return top_of_chunks(codes, q, inv, torch.from_numpy(chunks), k)
 
 
 def _query_buffer(m: int) -> tuple[np.ndarray, int]:
@@ -185,8 +209,7 @@ def int_kernel_ir(m: int) -> str:
     total, order = tree(lines, vecs, "i32")
     lines.append(f"%tf = sitofp <{LANES} x i32> {total} to {LANE_FLOATS}")
     keep_best(lines, "%tf", order)
-    pre = "\n  ".join(prelude)
-    step = "\n  ".join([f"%base = mul i64 %i, {m}", *lines])
+    pre, step = join_ir(prelude, lines, m)
     pmadd = "declare <8 x i32> @llvm.x86.avx2.pmadd.wd(<16 x i16>, <16 x i16>)\n"
     return maxima_ir(pre, step, "imaxima") + _int_declarations(m) + pmadd
 
@@ -199,43 +222,11 @@ def vnni_kernel_ir(m: int) -> str:
     layout: 16 words, 64 codes, per vector), each byte + 128 (an xor) as the unsigned operand
     of vpdpbusd, which adds 4 byte products per word into int32, against the query's int16
     split into two signed bytes Q = 256 hi + lo; then 256 * (codes . hi) + codes . lo, less
-    128 * sum Q (the +128), is codes . Q exactly. q holds, per vector of a slot, the 16 words
-    of hi then of lo (64 bytes each, in the words' dimension order), then that correction
-    as one int32."""
+    128 * sum Q (the +128), is codes . Q exactly."""
     r = m // 4
     per_slot = max(r // LANES, 1)
     lane_span = min(r, LANES)
-    vi, vb = f"<{m} x i32>", f"<{m} x i8>"
-    prelude = [
-        *_int_query(m),
-        f"%qz1 = add {vi} %qi, splat (i32 128)",  # signed bytes: q = 256 hi + lo
-        f"%qz2 = and {vi} %qz1, splat (i32 255)",
-        f"%qlo = sub {vi} %qz2, splat (i32 128)",
-        f"%qhd = sub {vi} %qi, %qlo",
-        f"%qhi = ashr {vi} %qhd, splat (i32 8)",
-        f"%qhib = trunc {vi} %qhi to {vb}",
-        f"%qlob = trunc {vi} %qlo to {vb}",
-    ]
-    for v in range(per_slot):  # word w of vector v: dimensions 4 * (16 v + w % lane_span) + 0..3
-        dims = [4 * (v * LANES + w % lane_span) + k for w in range(LANES) for k in range(4)]
-        for name in ("h", "l"):
-            prelude += [
-                shuffle(
-                    f"%q{name}{v}b",
-                    f"%q{name}ob" if name == "l" else "%qhib",
-                    "poison",
-                    dims,
-                    m,
-                    "i8",
-                ),
-                f"%q{name}{v} = bitcast <64 x i8> %q{name}{v}b to <16 x i32>",
-            ]
-    prelude += [
-        f"%qsum = call i32 @llvm.vector.reduce.add.v{m}i32({vi} %qi)",
-        "%corr = mul i32 %qsum, 128",
-        "%cv0 = insertelement <16 x i32> poison, i32 %corr, i32 0",
-        "%cv = shufflevector <16 x i32> %cv0, <16 x i32> poison, <16 x i32> zeroinitializer",
-    ]
+    prelude = _split_query(m, per_slot, lane_span)
     lines: list[str] = []
     partial = []
     for g in range(r):
@@ -259,10 +250,41 @@ def vnni_kernel_ir(m: int) -> str:
         f"%tf = sitofp <{LANES} x i32> %tc to {LANE_FLOATS}",
     ]
     keep_best(lines, "%tf", order)
-    pre = "\n  ".join(prelude)
-    step = "\n  ".join([f"%base = mul i64 %i, {m}", *lines])
+    pre, step = join_ir(prelude, lines, m)
     dpbusd = f"declare <16 x i32> {_DPBUSD}(<16 x i32>, <16 x i32>, <16 x i32>)\n"
     return maxima_ir(pre, step, "imaxima") + _int_declarations(m) + dpbusd
+
+
+def _split_query(m: int, per_slot: int, lane_span: int) -> list[str]:
+    """`vnni_kernel_ir`'s prelude: the int16 query (`_int_query`) as signed bytes hi and lo
+    (Q = 256 hi + lo), laid out as the codes' words (word w of a slot's vector v holds
+    dimensions 4 * (16 v + w % lane_span) + 0..3): %qh{v}, %ql{v}; and %cv, the splat of
+    128 * sum Q that the codes' + 128 adds."""
+    vi, vb = f"<{m} x i32>", f"<{m} x i8>"
+    prelude = [
+        *_int_query(m),
+        f"%qz1 = add {vi} %qi, splat (i32 128)",
+        f"%qz2 = and {vi} %qz1, splat (i32 255)",
+        f"%qlo = sub {vi} %qz2, splat (i32 128)",
+        f"%qhd = sub {vi} %qi, %qlo",
+        f"%qhi = ashr {vi} %qhd, splat (i32 8)",
+        f"%qhb = trunc {vi} %qhi to {vb}",
+        f"%qlb = trunc {vi} %qlo to {vb}",
+    ]
+    for v in range(per_slot):
+        dims = [4 * (v * LANES + w % lane_span) + k for w in range(LANES) for k in range(4)]
+        for name in ("h", "l"):
+            prelude += [
+                shuffle(f"%q{name}{v}b", f"%q{name}b", "poison", dims, m, "i8"),
+                f"%q{name}{v} = bitcast <64 x i8> %q{name}{v}b to <16 x i32>",
+            ]
+    return [
+        *prelude,
+        f"%qsum = call i32 @llvm.vector.reduce.add.v{m}i32({vi} %qi)",
+        "%corr = mul i32 %qsum, 128",
+        "%cv0 = insertelement <16 x i32> poison, i32 %corr, i32 0",
+        "%cv = shufflevector <16 x i32> %cv0, <16 x i32> poison, <16 x i32> zeroinitializer",
+    ]
 
 
 def _int_query(m: int) -> list[str]:

@@ -59,12 +59,14 @@ __all__ = [
     "MAXIMA_FN",
     "best",
     "compile_ir",
+    "join_ir",
     "keep_best",
     "kernels",
     "maxima",
     "maxima_ir",
     "shuffle",
     "top",
+    "top_of_chunks",
     "torch_scores",
     "tree",
     "word_slots",
@@ -153,10 +155,15 @@ def top(codes: Tensor, q: Tensor, inv: Tensor, k: int) -> Tensor | None:
     chunks = torch.nonzero(best_of >= kth).squeeze(1)
     if 4 * chunks.numel() * CHUNK > n:
         return None
+    return top_of_chunks(codes, q.to(torch.float32), inv, chunks, k)
+
+
+def top_of_chunks(codes: Tensor, q: Tensor, inv: Tensor, chunks: Tensor, k: int) -> Tensor:
+    """The k best slots, best first, among the slots of these chunks (c,) int64: scored again
+    in torch (`torch_scores`) and ranked alone."""
     rows = (chunks.unsqueeze(1) * CHUNK + torch.arange(CHUNK)).reshape(-1)
-    rows = rows[rows < n]
-    found = torch_scores(codes[rows], q.to(torch.float32), inv[rows])
-    return rows[torch.topk(found, k).indices]
+    rows = rows[rows < codes.shape[0]]
+    return rows[torch.topk(torch_scores(codes[rows], q, inv[rows]), k).indices]
 
 
 def torch_scores(codes: Tensor, q: Tensor, inv: Tensor) -> Tensor:
@@ -226,9 +233,14 @@ def kernel_ir(el: str, m: int) -> str:
     vecs = _words_products(m, lines, prelude) if words_layout(el, m) else _products(el, m, lines)
     total, order = tree(lines, vecs)
     keep_best(lines, total, order)
-    pre = "\n  ".join(prelude)
-    step = "\n  ".join([f"%base = mul i64 %i, {m}", *lines])
+    pre, step = join_ir(prelude, lines, m)
     return _best_ir(pre, step, [f"i64 {s}" for s in order]) + maxima_ir(pre, step) + FMAX_DECL
+
+
+def join_ir(prelude: list[str], lines: list[str], m: int) -> tuple[str, str]:
+    """A scan's prelude and its step (which starts at the step's first code, %base) as the
+    text `_best_ir` and `maxima_ir` take."""
+    return "\n  ".join(prelude), "\n  ".join([f"%base = mul i64 %i, {m}", *lines])
 
 
 def keep_best(lines: list[str], total: str, order: list[int]) -> None:

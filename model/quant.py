@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from model.search import all_finite, scale_spread
+from model.intscan import scale_spread
+from model.search import all_finite
 from model.state import DTYPES, INT8_MAX, RATE_LEVELS, rate_problem
 
 if TYPE_CHECKING:

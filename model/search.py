@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -199,7 +198,7 @@ def _candidates(
     slots not allowed are exactly the free ones, which score 0 (inverse norm 0, see
     `_single`). decode: rows of packed codes -> float32 (rows, m), called per block. dot: a
     compiled single-query scan of the stored codes (int8, packed). spread: int8's
-    `scale_spread`, for one query's integer scan (None: no integer scan)."""
+    `intscan.scale_spread`, for one query's integer scan (None: no integer scan)."""
     if qs.shape[0] == 1:
         return _single(qs[0], codes, inv, allowed, k, block, zero_free, decode, dot, spread)
     b, n, m = qs.shape[0], codes.shape[0], qs.shape[1]
@@ -344,21 +343,18 @@ def _fused_top(
     return torch.full((1,), slot, dtype=torch.int64) if slot >= 0 else None
 
 
-def scale_spread(scales: Tensor) -> float:
-    """sqrt(sum 1 / s^2) of int8 scales s (m,): `intscan.certified`'s error bound."""
-    s = scales.detach().cpu().numpy().astype(np.float64)
-    return float(np.sqrt(np.sum(1.0 / (s * s))))
-
-
 def _fused(codes: Tensor) -> bool:
     """Whether model/onepass.py's kernel scans these codes (int8, float16, float32 on the CPU)."""
     return codes.device.type == "cpu" and codes.dtype in onepass.DTYPES and codes.is_contiguous()
 
 
 def warm(codes: Tensor) -> None:
-    """Compile model/onepass.py's kernels for these codes now, not in the first read."""
+    """Compile model/onepass.py's kernels for these codes (int8: and model/intscan.py's) now,
+    not in the first read."""
     if _fused(codes):
         onepass.kernels(codes.dtype, codes.shape[1])
+        if codes.dtype == torch.int8:
+            intscan.warm(codes.shape[1])
 
 
 def search(
@@ -386,11 +382,10 @@ def search(
     instead of a cast; dot(codes, q, out): one query's inner products with the stored codes
     (q . dequantised code for packed codes, qs . code for int8) into out (N,), which a
     single-query scan uses instead of casting or decoding blocks. spread: int8's
-    `scale_spread(scales)`, which lets a single query over int8 codes take the integer scan
+    `intscan.scale_spread(scales)`, which lets a single query over int8 codes take the integer scan
     (None: it does not)."""
     qs = qn if scales is None else qn * scales
-    gap = spread if qn.shape[0] == 1 else None  # one query over int8: the integer scan's bound
-    cand = _candidates(qs, codes, inv, allowed, k, block, zero_free, decode, dot, gap)  # (B, k)
+    cand = _candidates(qs, codes, inv, allowed, k, block, zero_free, decode, dot, spread)
     # Exact per-pair scores, independent of batch size and blocking; a cosine of unit rows
     # can round past +-1 (1.0000001): clipped, so a score is always in [-1, 1].
     unit = unit_rows(dequantise(codes[cand.reshape(-1)])).view(*cand.shape, -1)  # (B, k, m)

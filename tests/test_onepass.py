@@ -321,3 +321,13 @@ def test_scans_take_strided_inverse_norms_and_refuse_strided_codes() -> None:
         onepass.best(wide, q, inv)
     with pytest.raises(ValueError, match="contiguous codes"):
         intscan.certified(wide, q, inv, 1, spread)
+
+
+def test_bank_warm_compiles_the_integer_scan_before_the_first_read() -> None:
+    """An int8 bank's warm() compiles the integer kernel too (~20 ms), so no read pays it."""
+    bank = MemoryBank(4096, 16, dtype="int8", scales=torch.full((16,), 0.05))
+    intscan.int_kernel.cache_clear()
+    bank.warm()
+    assert intscan.int_kernel.cache_info().currsize == 1
+    MemoryBank(4096, 16, dtype="float16").warm()  # float banks take no integer scan
+    assert intscan.int_kernel.cache_info().currsize == 1
