@@ -209,7 +209,7 @@ def int_kernel_ir(m: int) -> str:
     total, order = tree(lines, vecs, "i32")
     lines.append(f"%tf = sitofp <{LANES} x i32> {total} to {LANE_FLOATS}")
     keep_best(lines, "%tf", order)
-    pre, step = join_ir(prelude, lines, m)
+    pre, step = join_ir(prelude, lines, m, 1)
     pmadd = "declare <8 x i32> @llvm.x86.avx2.pmadd.wd(<16 x i16>, <16 x i16>)\n"
     return maxima_ir(pre, step, "imaxima") + _int_declarations(m) + pmadd
 
@@ -250,7 +250,7 @@ def vnni_kernel_ir(m: int) -> str:
         f"%tf = sitofp <{LANES} x i32> %tc to {LANE_FLOATS}",
     ]
     keep_best(lines, "%tf", order)
-    pre, step = join_ir(prelude, lines, m)
+    pre, step = join_ir(prelude, lines, m, 1)
     dpbusd = f"declare <16 x i32> {_DPBUSD}(<16 x i32>, <16 x i32>, <16 x i32>)\n"
     return maxima_ir(pre, step, "imaxima") + _int_declarations(m) + dpbusd
 
@@ -312,7 +312,7 @@ def _int_declarations(m: int) -> str:
     """The intrinsics `_int_query` and the chunk maxima call (fmax over m and LANES floats)."""
     v = f"<{m} x float>"
     lines = {
-        FMAX_DECL.strip(),
+        *FMAX_DECL.strip().splitlines(),
         f"declare float @llvm.vector.reduce.fmax.v{m}f32({v})",
         f"declare {v} @llvm.fabs.v{m}f32({v})",
         f"declare {v} @llvm.rint.v{m}f32({v})",

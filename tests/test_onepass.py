@@ -124,6 +124,20 @@ def test_kernel_ir_is_valid_llvm_for_each_dtype() -> None:
         assert "define void @best(" in ir and "define void @maxima(" in ir
 
 
+def test_narrow_codes_are_prefetched_two_steps_or_more_ahead_and_float32_not() -> None:
+    assert onepass.prefetch(16, 4) == []  # float32: the hardware's prefetcher only
+    int8 = onepass.prefetch(16, 1)  # a step is 16 slots x 16 bytes: 4 cache lines
+    assert sum("@llvm.prefetch" in line for line in int8) == 4 + 1  # + the inverse norms
+    assert int8[0] == f"%pfs = add i64 %i, {onepass.PREFETCH_AHEAD // 16}"
+    wide = onepass.prefetch(384, 2)  # 768 bytes a slot: 4096 bytes are fewer than 2 steps
+    assert wide[0] == f"%pfs = add i64 %i, {2 * onepass.LANES}"
+    assert sum("@llvm.prefetch" in line for line in wide) == 16 * 768 // 64 + 1
+    for el in ("i8", "half"):
+        assert "@llvm.prefetch" in onepass.kernel_ir(el, 16)
+    assert "call void @llvm.prefetch" not in onepass.kernel_ir("float", 16)
+    assert "call void @llvm.prefetch" in intscan.int_kernel_ir(16)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
 def test_bank_single_reads_take_the_kernel_and_answer_like_a_batch(dtype: str) -> None:
     """A bank's single top-1 reads (the kernel's path) find the slots a batch read (matrix
