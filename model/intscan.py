@@ -34,6 +34,7 @@ from model.onepass import (
     LANE_FLOATS,
     LANES,
     MAXIMA_FN,
+    PREFETCH_DECL,
     best,
     compile_ir,
     join_ir,
@@ -312,7 +313,8 @@ def _int_declarations(m: int) -> str:
     """The intrinsics `_int_query` and the chunk maxima call (fmax over m and LANES floats)."""
     v = f"<{m} x float>"
     lines = {
-        *FMAX_DECL.strip().splitlines(),
+        FMAX_DECL.strip(),
+        PREFETCH_DECL.strip(),
         f"declare float @llvm.vector.reduce.fmax.v{m}f32({v})",
         f"declare {v} @llvm.fabs.v{m}f32({v})",
         f"declare {v} @llvm.rint.v{m}f32({v})",
