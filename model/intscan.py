@@ -41,6 +41,7 @@ from model.onepass import (
     keep_best,
     maxima_ir,
     shuffle,
+    streams,
     top_of_chunks,
     torch_scores,
     tree,
@@ -70,11 +71,12 @@ def scale_spread(scales: Tensor) -> float:
     return float(np.sqrt(np.sum(1.0 / (s * s))))
 
 
-def warm(m: int) -> None:
-    """Compile this CPU's integer scan for int8 codes of width m now, not in the first read."""
+def warm(m: int, stream: bool = False) -> None:
+    """Compile this CPU's integer scan for int8 codes of width m now, not in the first read
+    (stream: the one for banks larger than the last-level cache, `onepass.streams`)."""
     scan = int_scan(m)
     if scan is not None:
-        int_kernel(m, scan)
+        int_kernel(m, scan, stream)
 
 
 def int_scan(m: int) -> str | None:
@@ -127,7 +129,7 @@ def certified(
     qbuf[:m] = q.numpy()
     nb = n - n % LANES
     out = np.full(-(-n // CHUNK), -np.inf, dtype=np.float32)  # numpy: cheaper calls than torch
-    maxima_fn, _ = int_kernel(m, scan)
+    maxima_fn, _ = int_kernel(m, scan, streams(codes))
     maxima_fn(codes.data_ptr(), inv.data_ptr(), nb, address, out.ctypes.data)
     scale = float(qbuf[m])  # the kernel's S (float32); a zero query: 2^100 Q_MAX, all chunks tie
     if nb < n:  # the last N % LANES slots, in float32 (within the margin of their S * score)
@@ -164,14 +166,17 @@ def _query_buffer(m: int) -> tuple[np.ndarray, int]:
 
 
 @functools.cache
-def int_kernel(m: int, scan: str) -> tuple[Callable[[int, int, int, int, int], None], object]:
+def int_kernel(
+    m: int, scan: str, stream: bool = False
+) -> tuple[Callable[[int, int, int, int, int], None], object]:
     """The compiled `imaxima` of this integer scan ("vnni", "avx2") for width m, and its
-    engine (the machine code lives as long as it does)."""
-    engine = compile_ir(vnni_kernel_ir(m) if scan == "vnni" else int_kernel_ir(m))
+    engine (the machine code lives as long as it does); stream: `onepass.prefetch`'s
+    non-temporal hint."""
+    engine = compile_ir(vnni_kernel_ir(m, stream) if scan == "vnni" else int_kernel_ir(m, stream))
     return MAXIMA_FN(engine.get_function_address("imaxima")), engine
 
 
-def int_kernel_ir(m: int) -> str:
+def int_kernel_ir(m: int, stream: bool = False) -> str:
     """LLVM IR of `imaxima(codes, inv, nb, q, out)`: `maxima` for int8 codes against a query
     quantised to int16 (m of them at q, m a multiple of 16): each slot's 16 codes at a time
     sign-extended to int16 and multiplied by pmaddwd (pairs of products added, exact in
@@ -210,7 +215,7 @@ def int_kernel_ir(m: int) -> str:
     total, order = tree(lines, vecs, "i32")
     lines.append(f"%tf = sitofp <{LANES} x i32> {total} to {LANE_FLOATS}")
     keep_best(lines, "%tf", order)
-    pre, step = join_ir(prelude, lines, m, 1)
+    pre, step = join_ir(prelude, lines, m, 1, stream)
     pmadd = "declare <8 x i32> @llvm.x86.avx2.pmadd.wd(<16 x i16>, <16 x i16>)\n"
     return maxima_ir(pre, step, "imaxima") + _int_declarations(m) + pmadd
 
@@ -218,7 +223,7 @@ def int_kernel_ir(m: int) -> str:
 _DPBUSD = "@llvm.x86.avx512.vpdpbusd.512"
 
 
-def vnni_kernel_ir(m: int) -> str:
+def vnni_kernel_ir(m: int, stream: bool = False) -> str:
     """LLVM IR of `imaxima` on AVX-512 VNNI: the codes read as 32-bit words (`words_layout`'s
     layout: 16 words, 64 codes, per vector), each byte + 128 (an xor) as the unsigned operand
     of vpdpbusd, which adds 4 byte products per word into int32, against the query's int16
@@ -251,7 +256,7 @@ def vnni_kernel_ir(m: int) -> str:
         f"%tf = sitofp <{LANES} x i32> %tc to {LANE_FLOATS}",
     ]
     keep_best(lines, "%tf", order)
-    pre, step = join_ir(prelude, lines, m, 1)
+    pre, step = join_ir(prelude, lines, m, 1, stream)
     dpbusd = f"declare <16 x i32> {_DPBUSD}(<16 x i32>, <16 x i32>, <16 x i32>)\n"
     return maxima_ir(pre, step, "imaxima") + _int_declarations(m) + dpbusd
 

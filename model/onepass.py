@@ -23,7 +23,9 @@ How the pass is laid out:
 - lane t keeps the first maximum of the slots it saw (a strict >), so the first of equal
   maxima over all lanes is the lowest slot among the lanes holding the maximum (`best`);
 - codes narrower than float32 are prefetched PREFETCH_AHEAD bytes ahead (`prefetch`): out
-  of DRAM, the hardware's prefetcher alone left those scans 1.4-1.9x slower.
+  of DRAM, the hardware's prefetcher alone left those scans 1.4-1.9x slower; a scan larger
+  than the CPU's last-level cache prefetches without keeping what it reads (`streams`), so
+  the read's other work finds its data and code still cached.
 
 Measured at 1M x 16, one thread, on the 2-core Xeon, `best` alone: int8 0.77-0.86 ms against
 a 0.67 ms one-pass `torch.sum` floor (numba's loop: 2.9 ms), float16 1.21 ms (floor 1.21),
@@ -65,9 +67,11 @@ __all__ = [
     "join_ir",
     "keep_best",
     "kernels",
+    "last_level_cache",
     "maxima",
     "maxima_ir",
     "shuffle",
+    "streams",
     "top",
     "top_of_chunks",
     "torch_scores",
@@ -79,6 +83,7 @@ __all__ = [
 LANES = 16  # slots per step; the kernel scans the first N - N % LANES slots, torch the rest
 CHUNK = 512  # slots per maximum of `maxima` (a multiple of LANES)
 PREFETCH_AHEAD = 4096  # bytes: how far ahead `prefetch` reads
+DEFAULT_CACHE = 32 << 20  # `last_level_cache` where the OS does not say
 DTYPES = {torch.int8: "i8", torch.float16: "half", torch.float32: "float"}
 _BYTES = {el: dtype.itemsize for dtype, el in DTYPES.items()}  # per code, by IR type
 _NEG_INF = "0xFFF0000000000000"  # -inf as LLVM IR writes a float constant
@@ -105,7 +110,8 @@ def best(codes: Tensor, q: Tensor, inv: Tensor) -> tuple[int, float]:
     slot, value = -1, -math.inf
     if nb:
         values, slots, out = _lanes()
-        kernels(codes.dtype, m).best(codes.data_ptr(), inv.data_ptr(), nb, q.data_ptr(), *out)
+        scans = kernels(codes.dtype, m, streams(codes))
+        scans.best(codes.data_ptr(), inv.data_ptr(), nb, q.data_ptr(), *out)
         top = values.max()
         if top > -math.inf:
             slot, value = int(slots[values == top].min()), float(top)
@@ -138,7 +144,7 @@ def maxima(codes: Tensor, q: Tensor, inv: Tensor) -> Tensor:
     nb = n - n % LANES
     out = torch.full((-(-n // CHUNK),), -math.inf, dtype=torch.float32)
     if nb:
-        kernels(codes.dtype, m).maxima(
+        kernels(codes.dtype, m, streams(codes)).maxima(
             codes.data_ptr(), inv.data_ptr(), nb, q.data_ptr(), out.data_ptr()
         )
     if nb < n:  # the last N % LANES slots: in the last chunk
@@ -177,10 +183,35 @@ def torch_scores(codes: Tensor, q: Tensor, inv: Tensor) -> Tensor:
     return (codes.to(torch.float32) @ q) * inv
 
 
+def streams(codes: Tensor) -> bool:
+    """Whether a scan of these codes (and their float32 inverse norms) takes the streaming
+    prefetch (`prefetch`): codes narrower than float32 (float32 has no software prefetch)
+    whose bytes exceed the last-level cache, so that no read finds them cached anyway."""
+    size = codes.element_size()
+    return size < 4 and codes.shape[0] * (codes.shape[1] * size + 4) > last_level_cache()
+
+
 @functools.cache
-def kernels(dtype: torch.dtype, m: int) -> Kernels:
-    """The compiled scans for codes of this dtype and width (cached: compiled once, ~20 ms)."""
-    engine = compile_ir(kernel_ir(DTYPES[dtype], m))
+def last_level_cache() -> int:
+    """Bytes of this CPU's largest cache, from sysfs (Linux); DEFAULT_CACHE where unreadable."""
+    import pathlib
+
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    sizes = []
+    for f in pathlib.Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = f.read_text().strip()
+        if text[:-1].isdigit() and text[-1] in units:
+            sizes.append(int(text[:-1]) * units[text[-1]])
+        elif text.isdigit():
+            sizes.append(int(text))
+    return max(sizes, default=DEFAULT_CACHE)
+
+
+@functools.cache
+def kernels(dtype: torch.dtype, m: int, stream: bool = False) -> Kernels:
+    """The compiled scans for codes of this dtype and width (cached: compiled once, ~20 ms);
+    stream: with `prefetch`'s non-temporal hint (`streams`)."""
+    engine = compile_ir(kernel_ir(DTYPES[dtype], m, stream))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     best_fn = ctypes.CFUNCTYPE(None, ptr, ptr, i64, ptr, ptr, ptr)
     return Kernels(
@@ -227,30 +258,32 @@ LANE_FLOATS, _B, _I = (
 )  # lane vector types
 
 
-def kernel_ir(el: str, m: int) -> str:
+def kernel_ir(el: str, m: int, stream: bool = False) -> str:
     """LLVM IR of both scans of slots [0, nb) (nb a multiple of LANES, m floats at q), which
     share one step (LANES slots' scores, and the lane maxima %bv -> %bv1):
     `best(codes, inv, nb, q, out_values, out_slots)` writes each lane's best value and slot
     (LANES of each; slot -1 where a lane saw nothing above -inf); `maxima(codes, inv, nb, q,
-    out)` the largest score of each CHUNK slots."""
+    out)` the largest score of each CHUNK slots. stream: `prefetch`'s non-temporal hint."""
     lines: list[str] = []
     prelude: list[str] = [f"%qv = load <{m} x float>, ptr %q, align 4"]
     vecs = _words_products(m, lines, prelude) if words_layout(el, m) else _products(el, m, lines)
     total, order = tree(lines, vecs)
     keep_best(lines, total, order)
-    pre, step = join_ir(prelude, lines, m, _BYTES[el])
+    pre, step = join_ir(prelude, lines, m, _BYTES[el], stream)
     scans = _best_ir(pre, step, [f"i64 {s}" for s in order]) + maxima_ir(pre, step)
     return scans + FMAX_DECL + PREFETCH_DECL
 
 
-def join_ir(prelude: list[str], lines: list[str], m: int, size: int) -> tuple[str, str]:
+def join_ir(
+    prelude: list[str], lines: list[str], m: int, size: int, stream: bool = False
+) -> tuple[str, str]:
     """A scan's prelude and its step (which starts at the step's first code, %base; codes of
-    `size` bytes each) as the text `_best_ir` and `maxima_ir` take."""
-    step = [f"%base = mul i64 %i, {m}", *prefetch(m, size), *lines]
+    `size` bytes each; stream: `prefetch`'s) as the text `_best_ir` and `maxima_ir` take."""
+    step = [f"%base = mul i64 %i, {m}", *prefetch(m, size, stream), *lines]
     return "\n  ".join(prelude), "\n  ".join(step)
 
 
-def prefetch(m: int, size: int) -> list[str]:
+def prefetch(m: int, size: int, stream: bool = False) -> list[str]:
     """Software prefetches of the slots PREFETCH_AHEAD bytes (at least two steps) ahead of
     the step: every cache line of their codes, and their inverse norms, for codes narrower
     than float32 (size < 4 bytes). Those scans do more work per byte, and with the hardware's
@@ -260,21 +293,30 @@ def prefetch(m: int, size: int) -> list[str]:
     (model/intscan.py) 1.28 -> 0.91 against 1.11; cache-resident speeds unchanged; 2048 to
     16384 bytes ahead all alike. float32 is left to the hardware: prefetching made that scan
     slower, quiet host or busy (3.76 -> 5.31 ns, floor 3.63-3.76). A prefetch past the end
-    of the codes is a hint, not a load: it cannot fault."""
+    of the codes is a hint, not a load: it cannot fault.
+
+    stream: the non-temporal hint (prefetchnta) instead of keeping the lines in every cache
+    level, for scans larger than the last-level cache (`streams`): such a scan otherwise
+    evicts all the read's other data and code, whose torch calls then run from DRAM. Same
+    host, whole `MemoryBank.read` of one query at 1M x 16: int8 1.55 -> 1.28 ms, float16
+    2.57-2.89 -> 2.24-2.41 ms (floors 0.85 and 2.0 ms); cache-resident (100k-300k int8)
+    the hint made reads 2-5% slower, so those keep the plain one."""
     if size >= 4:
         return []
     slot = m * size
     ahead = max(PREFETCH_AHEAD // slot, 2 * LANES)  # slots
+    locality = 0 if stream else 3  # llvm.prefetch: 0 = no temporal locality, 3 = keep
+    hint = f"i32 0, i32 {locality}, i32 1"  # a read, the locality, the data cache
     lines = [f"%pfs = add i64 %i, {ahead}", f"%pfb = mul i64 %pfs, {slot}"]
     for j, off in enumerate(range(0, LANES * slot, 64)):
         lines += [
             f"%pfo{j} = add i64 %pfb, {off}",
             f"%pfp{j} = getelementptr i8, ptr %codes, i64 %pfo{j}",
-            f"call void @llvm.prefetch.p0(ptr %pfp{j}, i32 0, i32 3, i32 1)",
+            f"call void @llvm.prefetch.p0(ptr %pfp{j}, {hint})",
         ]
     lines += [
         "%pfq = getelementptr float, ptr %inv, i64 %pfs",
-        "call void @llvm.prefetch.p0(ptr %pfq, i32 0, i32 3, i32 1)",
+        f"call void @llvm.prefetch.p0(ptr %pfq, {hint})",
     ]
     return lines
 

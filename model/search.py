@@ -352,9 +352,11 @@ def warm(codes: Tensor) -> None:
     """Compile model/onepass.py's kernels for these codes (int8: and model/intscan.py's) now,
     not in the first read."""
     if _fused(codes):
-        onepass.kernels(codes.dtype, codes.shape[1])
+        m, stream = codes.shape[1], onepass.streams(codes)
+        onepass.kernels(codes.dtype, m)  # a chunk's rescan (int8) or a small bank
+        onepass.kernels(codes.dtype, m, stream)
         if codes.dtype == torch.int8:
-            intscan.warm(codes.shape[1])
+            intscan.warm(m, stream)
 
 
 def search(

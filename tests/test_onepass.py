@@ -138,6 +138,42 @@ def test_narrow_codes_are_prefetched_two_steps_or_more_ahead_and_float32_not() -
     assert "call void @llvm.prefetch" in intscan.int_kernel_ir(16)
 
 
+def test_scans_larger_than_the_last_level_cache_stream_and_answer_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Banks larger than the last-level cache are prefetched with the non-temporal hint
+    (llvm.prefetch locality 0, prefetchnta), smaller ones keep locality 3; float32 never
+    prefetches; both kernels find the same slots and scores."""
+    calls = [line for line in onepass.prefetch(16, 1) if "@llvm.prefetch" in line]
+    streaming = [line for line in onepass.prefetch(16, 1, True) if "@llvm.prefetch" in line]
+    assert len(calls) == len(streaming) == 5
+    assert all(line.endswith("i32 0, i32 3, i32 1)") for line in calls)
+    assert all(line.endswith("i32 0, i32 0, i32 1)") for line in streaming)
+    assert onepass.prefetch(16, 4, True) == []
+    assert "i32 0, i32 0, i32 1" in intscan.int_kernel_ir(16, True)
+    assert onepass.last_level_cache() >= 1 << 20  # sysfs's largest cache, or DEFAULT_CACHE
+    g = torch.Generator().manual_seed(5)
+    banks = {dtype: _codes(8192, 16, dtype, g) for dtype in DTYPES}
+    q, inv = torch.randn(16, generator=g), torch.rand(8192, generator=g) + 0.5
+    assert not any(onepass.streams(codes) for codes in banks.values())  # 8192 x 16: ~160 kB
+    spread = intscan.scale_spread(torch.full((16,), 0.05))
+
+    def answers() -> list[object]:
+        out: list[object] = []
+        for codes in banks.values():
+            out += [onepass.best(codes, q, inv), onepass.maxima(codes, q, inv).tolist()]
+        if intscan.int_scan(16) is not None:
+            found = intscan.certified(banks[torch.int8], q * 0.05, inv, 1, spread)
+            assert found is not None
+            out.append(found.tolist())
+        return out
+
+    plain = answers()
+    monkeypatch.setattr(onepass, "last_level_cache", lambda: 1024)
+    assert [onepass.streams(c) for c in banks.values()] == [True, True, False]
+    assert answers() == plain
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
 def test_bank_single_reads_take_the_kernel_and_answer_like_a_batch(dtype: str) -> None:
     """A bank's single top-1 reads (the kernel's path) find the slots a batch read (matrix
