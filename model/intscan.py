@@ -20,7 +20,6 @@ the same bytes 0.28-0.35 ms (the L3's bandwidth there).
 from __future__ import annotations
 
 import functools
-import math
 import threading
 from collections.abc import Callable
 
@@ -144,12 +143,7 @@ def certified(
     if 4 * chunks.size * CHUNK > n:
         return None
     if k == 1:  # `best` over those chunks: exactly its answer over the whole bank
-        slot, value = -1, -math.inf
-        for c in chunks.tolist():
-            lo = c * CHUNK
-            s, v = best(codes[lo : lo + CHUNK], q, inv[lo : lo + CHUNK])
-            if v > value:  # strictly: the earlier chunk keeps a tie
-                slot, value = lo + s, v
+        slot, _ = best(codes, q, inv, chunks.tolist())
         return torch.full((1,), slot, dtype=torch.int64) if slot >= 0 else None
     return top_of_chunks(codes, q, inv, torch.from_numpy(chunks), k)
 

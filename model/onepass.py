@@ -49,7 +49,7 @@ import functools
 import math
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -98,27 +98,41 @@ class Kernels(NamedTuple):
     engine: object  # llvmlite's execution engine: the machine code lives as long as it does
 
 
-def best(codes: Tensor, q: Tensor, inv: Tensor) -> tuple[int, float]:
+def best(
+    codes: Tensor, q: Tensor, inv: Tensor, chunks: Sequence[int] | None = None
+) -> tuple[int, float]:
     """The first slot i with the largest (q . codes[i]) * inv[i], and that score, for codes
     (N, m) int8, float16 or float32 (contiguous, on the CPU), q (m,) and inv (N,) float32;
-    (-1, -inf) when N is 0 (or no score beats -inf)."""
+    (-1, -inf) when N is 0 (or no score beats -inf). chunks: among the slots of these
+    CHUNK-slot chunks alone (ascending; model/intscan.py's rescan), each scanned in place
+    through an offset pointer: no slicing, one kernel call per chunk."""
     n, m = codes.shape
     if not codes.is_contiguous():
         raise ValueError("expected contiguous codes (the kernels read raw memory)")
     q, inv = q.to(torch.float32).contiguous(), inv.contiguous()  # the kernels read raw memory
-    nb = n - n % LANES
+    if chunks is None:
+        spans, scans = [(0, n)], kernels(codes.dtype, m, streams(codes))
+    else:  # a few chunks: cache-resident, the plain prefetch
+        spans = [(c * CHUNK, min(c * CHUNK + CHUNK, n)) for c in chunks]
+        scans = kernels(codes.dtype, m)
+    values, slots, out = _lanes()
+    row, at_codes, at_inv = m * codes.element_size(), codes.data_ptr(), inv.data_ptr()
+    at_q = q.data_ptr()
     slot, value = -1, -math.inf
-    if nb:
-        values, slots, out = _lanes()
-        scans = kernels(codes.dtype, m, streams(codes))
-        scans.best(codes.data_ptr(), inv.data_ptr(), nb, q.data_ptr(), *out)
-        top = values.max()
-        if top > -math.inf:
-            slot, value = int(slots[values == top].min()), float(top)
-    if nb < n:  # the last N % LANES slots
-        v, i = torch_scores(codes[nb:], q, inv[nb:]).max(dim=0)
-        if float(v) > value:  # strictly: on a tie the lower slot, in the kernel's part, wins
-            slot, value = nb + int(i), float(v)
+    for lo, hi in spans:  # strictly greater to replace: on a tie the lower slot wins
+        nb = (hi - lo) - (hi - lo) % LANES
+        if nb:
+            scans.best(at_codes + lo * row, at_inv + 4 * lo, nb, at_q, *out)
+            lane_values = values.tolist()  # 16 Python floats: cheaper than numpy's reductions
+            top = max(lane_values)
+            if top > value:
+                lane_slots = slots.tolist()
+                slot = lo + min(s for v, s in zip(lane_values, lane_slots, strict=True) if v == top)
+                value = top
+        if lo + nb < hi:  # the span's last (hi - lo) % LANES slots
+            v, i = torch_scores(codes[lo + nb : hi], q, inv[lo + nb : hi]).max(dim=0)
+            if float(v) > value:
+                slot, value = lo + nb + int(i), float(v)
     return slot, value
 
 

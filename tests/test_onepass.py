@@ -69,6 +69,38 @@ def test_ties_go_to_the_lowest_slot_across_lanes_steps_and_the_tail(dtype: torch
     assert onepass.best(tail_only, q, inv)[0] == 96
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [3, 16, 48])
+def test_best_over_chunks_is_the_first_maximum_among_their_slots(
+    dtype: torch.dtype, m: int
+) -> None:
+    """chunks: only those CHUNK-slot chunks count, the last one short (with a tail of N % 16
+    slots); a copy of the winner in a later chosen chunk loses the tie, one in an unchosen
+    chunk is not seen."""
+    g = torch.Generator().manual_seed(23 + m)
+    n = 6 * onepass.CHUNK + 37
+    codes = _codes(n, m, dtype, g)
+    inv = 1.0 / codes.to(torch.float32).norm(dim=1).clamp(min=1e-20)
+    for chunks in ([0], [1, 4], [2, 6], [6], [0, 1, 2, 3, 4, 5, 6]):
+        spans = [torch.arange(c * onepass.CHUNK, min(n, (c + 1) * onepass.CHUNK)) for c in chunks]
+        keep = torch.cat(spans)
+        for _ in range(3):
+            q = torch.randn(m, generator=g)
+            slot, value = onepass.best(codes, q, inv, chunks)
+            near, score = _reference(codes[keep], q, inv[keep])
+            assert slot in {int(keep[i]) for i in near}
+            assert value == pytest.approx(score, rel=1e-5, abs=1e-5)
+    c, q = codes.clone(), torch.ones(m)
+    c[(c.to(torch.float32) @ q) * inv > 0.999] *= -1  # no random code near the copies' direction
+    winner, later, unseen = onepass.CHUNK + 5, 6 * onepass.CHUNK + 33, 2  # the last in the tail
+    c[[winner, later, unseen]] = 20 * torch.ones(m, dtype=dtype)
+    inv = 1.0 / c.to(torch.float32).norm(dim=1).clamp(min=1e-20)
+    assert onepass.best(c, q, inv, [1, 6])[0] == winner
+    assert onepass.best(c, q, inv, [3, 6])[0] == later
+    assert onepass.best(c, q, inv, [0, 1])[0] == unseen
+    assert onepass.best(c, q, inv, [])[0] == -1
+
+
 def test_zero_inverse_norms_score_zero_and_empty_inputs_find_nothing() -> None:
     codes = torch.ones(32, 16, dtype=torch.int8)
     inv = torch.zeros(32)
