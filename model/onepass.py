@@ -532,6 +532,20 @@ def word_slots(
     return vecs
 
 
+def _halves(width: int, at: int) -> list[int]:
+    """`tree`'s shuffle mask that takes lanes at..at + width/2 of every group of `width` lanes
+    from both vectors (x: 0..LANES-1, y: LANES..): groups of at most 4 lanes stay inside their
+    128-bit lane (x's picks, then y's, per lane: unpck and shufps, which cost a fraction of a
+    cross-lane permute), wider ones give all of x's picks, then all of y's."""
+    half = width // 2
+    span = 4 if width <= 4 else LANES  # 4 x 32 bits: one 128-bit lane
+    out = []
+    for block in range(0, LANES, span):
+        picks = [block + g + at + j for g in range(0, span, width) for j in range(half)]
+        out += picks + [LANES + x for x in picks]
+    return out
+
+
 def tree(
     lines: list[str], vecs: list[tuple[str, list[int], int]], el: str = "float"
 ) -> tuple[str, list[int]]:
@@ -544,11 +558,8 @@ def tree(
     level = 0
     items = [(name, slots) for name, slots, _ in vecs]
     while width > 1:
-        half, groups = width // 2, LANES // width
-        lo = [g * width + j for g in range(groups) for j in range(half)]
-        hi = [g * width + half + j for g in range(groups) for j in range(half)]
-        lo_mask = lo + [LANES + x for x in lo]
-        hi_mask = hi + [LANES + x for x in hi]
+        half = width // 2
+        lo_mask, hi_mask = _halves(width, 0), _halves(width, half)
         nxt = []
         for a in range(0, len(items), 2):
             (x, sx), (y, sy) = items[a], items[a + 1]
