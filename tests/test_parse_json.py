@@ -15,7 +15,9 @@ BODIES = [
     b'{"queries": [[0.51182162, -0.9504637, 1e-3]], "top_k": 3, "rescore": 0}',
     b'{"items": [[1, 2.5, -0.0]], "mode": "each", "namespace": null, "pin": true}',
     b' {"a": 1.0000000000000002, "b": 0.1e1, "c": 1e-400, "d": "\\u0000x"}\n',
+    b'{"texts": ["a", "b"], "ns": [[1, "x"], [null]], "top_k": 9223372036854775807}',
     b'{"top_k": 1234567890123456789012345}',  # json: an int; orjson: a float
+    b'{"queries": [[0.5, -18446744073709551616]]}',  # the same, in a list of lists
     b'{"queries": [[NaN, Infinity, -Infinity]]}',  # json only
     b'{"a": 1e400}',  # json: inf; orjson refuses
     b'{"\\u0061": 1, "b": "say \\"b\\""}',  # escaped key, a key's name inside a value
@@ -36,7 +38,8 @@ def test_flat_objects_take_orjson_and_the_rest_json() -> None:
     assert deps._flat_object(BODIES[0]) == json.loads(BODIES[0])
     second = deps._flat_object(BODIES[1])
     assert second is not None and math.copysign(1.0, second["items"][0][2]) == -1.0
-    for raw in BODIES[3:]:
+    assert deps._flat_object(BODIES[3]) == json.loads(BODIES[3])  # 2^63 - 1: an int in both
+    for raw in BODIES[4:]:
         assert deps._flat_object(raw) is None, raw
 
 
