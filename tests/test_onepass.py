@@ -161,7 +161,8 @@ def test_narrow_codes_are_prefetched_two_steps_or_more_ahead_and_float32_not() -
     int8 = onepass.prefetch(16, 1)  # a step is 16 slots x 16 bytes: 4 cache lines
     assert sum("@llvm.prefetch" in line for line in int8) == 4 + 1  # + the inverse norms
     assert int8[0] == f"%pfs = add i64 %i, {onepass.PREFETCH_AHEAD // 16}"
-    wide = onepass.prefetch(384, 2)  # 768 bytes a slot: 4096 bytes are fewer than 2 steps
+    assert onepass.prefetch(16, 1, True)[0] == f"%pfs = add i64 %i, {onepass.STREAM_AHEAD // 16}"
+    wide = onepass.prefetch(384, 2, True)  # 768 bytes a slot: 4096 bytes are fewer than 2 steps
     assert wide[0] == f"%pfs = add i64 %i, {2 * onepass.LANES}"
     assert sum("@llvm.prefetch" in line for line in wide) == 16 * 768 // 64 + 1
     for el in ("i8", "half"):
@@ -174,12 +175,12 @@ def test_scans_larger_than_the_last_level_cache_stream_and_answer_alike(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Banks larger than the last-level cache are prefetched with the non-temporal hint
-    (llvm.prefetch locality 0, prefetchnta), smaller ones keep locality 3; float32 never
+    (llvm.prefetch locality 0, prefetchnta), smaller ones into L2 (locality 2); float32 never
     prefetches; both kernels find the same slots and scores."""
     calls = [line for line in onepass.prefetch(16, 1) if "@llvm.prefetch" in line]
     streaming = [line for line in onepass.prefetch(16, 1, True) if "@llvm.prefetch" in line]
     assert len(calls) == len(streaming) == 5
-    assert all(line.endswith("i32 0, i32 3, i32 1)") for line in calls)
+    assert all(line.endswith("i32 0, i32 2, i32 1)") for line in calls)
     assert all(line.endswith("i32 0, i32 0, i32 1)") for line in streaming)
     assert onepass.prefetch(16, 4, True) == []
     assert "i32 0, i32 0, i32 1" in intscan.int_kernel_ir(16, True)
