@@ -38,7 +38,7 @@ from model.errors import SlotNotFound
 from model.ops import Assign, Clear, Forget, Free, Op, Pin, combine
 from model.quant import Quantiser, RateTables
 from model.ratecode import RateCode
-from model.search import all_finite, inverse_norms, rank_in_order, search
+from model.search import all_finite, finite_inverse_norms, inverse_norms, rank_in_order, search
 from model.search import warm as warm_scans  # model/onepass.py's kernels
 from model.slots import META_KEYS, SlotMeta
 from model.state import COUNT_MAX, COUNTER_NAMES, DTYPES, TICK_MAX, rebase_ticks, state_problem
@@ -230,15 +230,18 @@ class MemoryBank:
 
     # ------------------------------------------------------------------ checks of its contract
 
-    def check_codes(self, x: Tensor | Sequence[Sequence[float]], name: str = "codes") -> Tensor:
-        """x (B >= 1, m), real and finite -> float32 on the bank's device; ValueError else."""
+    def check_codes(
+        self, x: Tensor | Sequence[Sequence[float]], name: str = "codes", finite: bool = True
+    ) -> Tensor:
+        """x (B >= 1, m), real and finite -> float32 on the bank's device; ValueError else
+        (finite=False: the caller checks finiteness itself)."""
         t = torch.as_tensor(x).detach()
         if t.dim() != 2 or t.shape[1] != self.m or t.shape[0] < 1:
             raise ValueError(f"expected {name} of shape (B >= 1, {self.m}), got {tuple(t.shape)}")
         if t.is_complex() or t.dtype == torch.bool:
             raise ValueError(f"expected real {name}, got dtype {t.dtype}")
         t = t.to(device=self.device, dtype=torch.float32)
-        if not all_finite(t):
+        if finite and not all_finite(t):
             raise ValueError(f"expected finite {name}, got NaN or inf")
         return t
 
@@ -327,7 +330,10 @@ class MemoryBank:
     ) -> tuple[Tensor, Tensor]:
         """`read`'s slots (B, k) (-1: none) and scores (B, k) (0 where -1), best first, without
         counting anything: the first stage of a rescored read (model/memory.py)."""
-        q = self.check_codes(queries, "queries")  # (B, m)
+        q = self.check_codes(queries, "queries", finite=False)  # (B, m)
+        inv_q = finite_inverse_norms(q)  # the finiteness check and the norms in one pass
+        if inv_q is None:
+            raise ValueError("expected finite queries, got NaN or inf")
         k = as_int(top_k, "top_k", 1)
         if min_score is not None:
             if isinstance(min_score, bool) or not isinstance(min_score, numbers.Real):
@@ -340,7 +346,7 @@ class MemoryBank:
         allowed = self.occupied
         if namespace is not None:
             allowed = self.meta.in_namespace(namespace, self.occupied)
-        qn = q * inverse_norms(q).unsqueeze(1)
+        qn = q * inv_q.unsqueeze(1)
         cand, scores, valid = search(
             qn,
             self.codes,

@@ -31,7 +31,15 @@ from torch import Tensor
 
 from model import intscan, onepass
 
-__all__ = ["all_finite", "inverse_norms", "rank_in_order", "search", "unit_rows", "warm"]
+__all__ = [
+    "all_finite",
+    "finite_inverse_norms",
+    "inverse_norms",
+    "rank_in_order",
+    "search",
+    "unit_rows",
+    "warm",
+]
 
 # Score-matrix elements per block in `search` (4 MiB of float32): a (B, rows) block stays in
 # cache between the matrix product and the top-k that consumes it, and the buffer stays small at
@@ -90,6 +98,16 @@ def _unit_rows_rescaled(x: Tensor) -> Tensor:
     scaled = x / torch.where(peak > 0, peak, 1.0)  # (n, m), entries in [-1, 1]
     norm = torch.linalg.vector_norm(scaled, dim=1, keepdim=True)  # (n, 1): 0 or in [1, sqrt(m)]
     return scaled / torch.where(norm > 0, norm, 1.0)
+
+
+def finite_inverse_norms(x: Tensor) -> Tensor | None:
+    """`inverse_norms` of x, or None when x holds NaN or inf: one norm pass answers both in
+    the usual case (a norm in (1e-15, inf) has finite entries), so a query is checked and
+    measured at once."""
+    norm = torch.linalg.vector_norm(x, dim=1)  # (n,)
+    if _all_plain(norm):  # = inverse_norms's usual case
+        return torch.reciprocal(norm)
+    return inverse_norms(x) if all_finite(x) else None
 
 
 def inverse_norms(x: Tensor) -> Tensor:
@@ -390,7 +408,8 @@ def search(
     cand = _candidates(qs, codes, inv, allowed, k, block, zero_free, decode, dot, spread)
     # Exact per-pair scores, independent of batch size and blocking; a cosine of unit rows
     # can round past +-1 (1.0000001): clipped, so a score is always in [-1, 1].
-    unit = unit_rows(dequantise(codes[cand.reshape(-1)])).view(*cand.shape, -1)  # (B, k, m)
+    rows = codes.index_select(0, cand.reshape(-1))
+    unit = unit_rows(dequantise(rows)).view(*cand.shape, -1)  # (B, k, m)
     scores = (qn.unsqueeze(1) * unit).sum(dim=2).clamp_(-1.0, 1.0)  # (B, k)
     valid = allowed[cand]
     if min_score is not None:

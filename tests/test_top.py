@@ -118,3 +118,10 @@ def test_norm_helpers_fast_path_equals_the_masked_formula(rows: int) -> None:
     torch.testing.assert_close(unit[rows + 1 :], torch.full((2, 16), 0.25))
     assert not search._all_plain(torch.tensor([1.0, math.nan]))
     assert not search._all_plain(torch.empty(0))
+    plain, finite = search.finite_inverse_norms(x), search.finite_inverse_norms(odd)
+    assert plain is not None and torch.equal(plain, search.inverse_norms(x))
+    assert finite is not None and torch.equal(finite, inv)  # finite: the same norms
+    for bad in (math.nan, math.inf, -math.inf):  # a norm of NaN or inf: not plain, not finite
+        worse = odd.clone()
+        worse[0, 5] = bad
+        assert search.finite_inverse_norms(worse) is None
