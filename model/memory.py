@@ -375,21 +375,12 @@ class IDRPMemory:
         else:
             r = self.bank.read(z, top_k, min_score, namespace)
             slots, scores, counts = r.slots, r.scores, r.counts
-        parts, offset = [], 0
-        for i, _, zi in run:
-            sl = slice(offset, offset + zi.shape[0])
-            parts.append(
-                Found(
-                    i,
-                    slots[sl],
-                    scores[sl],
-                    counts[sl],
-                    None if code_scores is None else code_scores[sl],
-                    None if recon is None else recon[sl],
-                )
-            )
-            offset += zi.shape[0]
-        return parts
+        sizes = [zi.shape[0] for _, _, zi in run]
+        cols: list[Sequence[Tensor | None]] = [  # one split per column: views, per request
+            [None] * len(run) if t is None else [t] if len(run) == 1 else t.split(sizes)
+            for t in (slots, scores, counts, code_scores, recon)
+        ]
+        return [Found(i, *parts) for (i, _, _), *parts in zip(run, *cols, strict=True)]
 
     def _scatter(self, wanted: list[Found], hit: Tensor, decoded: Tensor) -> None:
         """Scatter the decoded hits back into (n, k, d) per request (zeros where slot is -1)."""
