@@ -377,7 +377,7 @@ class IDRPMemory:
             slots, scores, counts = r.slots, r.scores, r.counts
         sizes = [zi.shape[0] for _, _, zi in run]
         cols: list[Sequence[Tensor | None]] = [  # one split per column: views, per request
-            [None] * len(run) if t is None else [t] if len(run) == 1 else t.split(sizes)
+            [None] * len(run) if t is None else t.split(sizes)
             for t in (slots, scores, counts, code_scores, recon)
         ]
         return [Found(i, *parts) for (i, _, _), *parts in zip(run, *cols, strict=True)]

@@ -113,7 +113,7 @@ def best(
     q, inv = q.to(torch.float32).contiguous(), inv.contiguous()  # the kernels read raw memory
     if chunks is None:
         spans, scans = [(0, n)], kernels(codes.dtype, m, streams(codes))
-    else:  # a few chunks: cache-resident, the plain prefetch
+    else:  # a few chunks: cache-resident, the cached bank's prefetch
         spans = [(c * CHUNK, min(c * CHUNK + CHUNK, n)) for c in chunks]
         scans = kernels(codes.dtype, m)
     values, slots, out = _lanes()

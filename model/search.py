@@ -105,16 +105,20 @@ def finite_inverse_norms(x: Tensor) -> Tensor | None:
     the usual case (a norm in (1e-15, inf) has finite entries), so a query is checked and
     measured at once."""
     norm = torch.linalg.vector_norm(x, dim=1)  # (n,)
-    if _all_plain(norm):  # = inverse_norms's usual case
+    if _all_plain(norm):  # = `_inverse_norms`'s usual case, without asking twice
         return torch.reciprocal(norm)
-    return inverse_norms(x) if all_finite(x) else None
+    return _inverse_norms(x, norm) if all_finite(x) else None
 
 
 def inverse_norms(x: Tensor) -> Tensor:
     """1 / |row| of x (n, m) float32, (n,); 0 for all-zero rows: the bank's read cache, which
     ranks candidates (their scores are then recomputed with `unit_rows`). Rows whose squares
     could overflow or underflow are measured after dividing by their largest |entry|."""
-    norm = torch.linalg.vector_norm(x, dim=1)  # (n,)
+    return _inverse_norms(x, torch.linalg.vector_norm(x, dim=1))
+
+
+def _inverse_norms(x: Tensor, norm: Tensor) -> Tensor:
+    """`inverse_norms` of x given its row norms (n,)."""
     if _all_plain(norm):  # the usual case: = the masked formula below, in 3 torch calls
         return torch.reciprocal(norm)
     ok = (norm > 1e-15) & (norm < math.inf)
