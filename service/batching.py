@@ -8,12 +8,16 @@ one answer per payload: a value, or the exception that refused that request alon
 exception raised by the handler itself fails every request of the batch.
 
 Waiting for company. With `wait_s` > 0 the worker may wait before taking a batch, only when
-requests come concurrently (the last batch held several requests, or several are queued now):
-a lone request runs at once. It waits until as many requests are queued as the last batch held
-(at least two), or the rows reach `limit`, or `wait_s` has passed, whichever comes first: under
-a steady load of c clients a batch starts as soon as the c-th request arrives, not after the
-whole window (a fixed 1 ms sleep left the event loop idle for it, bench/results/http.md). Reads
-wait (MT_BATCH_WAIT_MS); writes do not (a group forms while the previous one runs).
+requests come concurrently (the last batch ended with several requests in the queue: its own
+and those queued while it ran, or several are queued now): a lone request runs at once. It
+waits until as many requests are queued as the last batch ended with (at least two), or the
+rows reach `limit`, or `wait_s` has passed, whichever comes first: under a steady load of c
+clients a batch starts as soon as the c-th request arrives, not after the whole window (a fixed
+1 ms sleep left the event loop idle for it, bench/results/http.md). Counting the requests
+queued while a batch ran, not only the batch's own, is what lets two cohorts merge: c = 16
+clients split into batches of 8 (one running, the other queued behind it) would otherwise
+stay split, each batch paying the per-batch cost of the codec and the scan for half as many
+reads. Reads wait (MT_BATCH_WAIT_MS); writes do not (a group forms while the previous one runs).
 
 Requests cancelled while they wait are dropped before the batch runs: never run, never
 acknowledged.
@@ -66,6 +70,7 @@ class BatchQueue(Generic[P, A]):
         *,
         limit: int,
         wait_s: float = 0.0,
+        gap_s: float | None = None,
     ) -> None:
         self.name = name
         self.stats = BatchStats()
@@ -73,6 +78,8 @@ class BatchQueue(Generic[P, A]):
         self._run = run
         self._limit = limit
         self._wait_s = wait_s
+        self._gap_s = wait_s if gap_s is None else min(gap_s, wait_s)
+        self._last_arrival = 0.0  # loop time of the last submit
         self._jobs: deque[_Job[P, A]] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -84,7 +91,9 @@ class BatchQueue(Generic[P, A]):
 
     async def submit(self, payload: P, rows: int) -> A:
         """Queue one request of `rows` rows and wait for its answer (or its error)."""
-        future: asyncio.Future[A] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[A] = loop.create_future()
+        self._last_arrival = loop.time()
         self._jobs.append(_Job(payload, rows, future))
         self._queued_rows += rows
         self._wakeup.set()
@@ -110,24 +119,35 @@ class BatchQueue(Generic[P, A]):
             if self._wait_s > 0 and concurrent:
                 await self._wait_for_company()
             jobs = self._take()
-            self._last_requests = len(jobs)
             await self._settle(jobs)
+            self._last_requests = len(jobs) + len(self._jobs)  # in the queue as it ended
             if self._jobs:
                 self._wakeup.set()
 
     async def _wait_for_company(self) -> None:
-        """Wait until `_has_company` or wait_s has passed: one future and one timer per batch,
-        resolved by whichever of `submit` and the timer comes first."""
+        """Wait until `_has_company`, or wait_s has passed, or no request has come for gap_s:
+        one future per batch, resolved by `submit` or by the timer, which looks again at the
+        last arrival each time it fires (no timer per request)."""
         self._company_size = max(self._last_requests, 2)
         if self._has_company():
             return
         loop = asyncio.get_running_loop()
         self._company = loop.create_future()
-        timer = loop.call_later(self._wait_s, self._end_wait)
+        deadline = loop.time() + self._wait_s
+        timer: list[asyncio.TimerHandle] = []
+
+        def check() -> None:
+            due = min(deadline, self._last_arrival + self._gap_s)
+            if loop.time() >= due:
+                self._end_wait()
+            else:
+                timer[:] = [loop.call_at(due, check)]
+
+        timer.append(loop.call_at(min(deadline, loop.time() + self._gap_s), check))
         try:
             await self._company
         finally:
-            timer.cancel()
+            timer[0].cancel()
             self._company = None
 
     def _has_company(self) -> bool:

@@ -150,6 +150,7 @@ class Engine:
             self._run,
             limit=s.batch_max,
             wait_s=s.batch_wait_ms / 1000,
+            gap_s=s.batch_gap_ms / 1000,
         )
         self._writes = BatchQueue(
             "mt-write-grouper", memory.write_group, self._run, limit=s.batch_max

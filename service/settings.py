@@ -170,12 +170,21 @@ class Settings(BaseSettings):
         description="Most queries one read batch coalesces, and most items one write group does.",
     )
     batch_wait_ms: float = Field(
-        default=1.0,
+        default=4.0,
         ge=0,
         le=1000,
         description="The longest a read batch waits for more requests when reads come "
-        "concurrently (the previous batch held several requests, or several are queued); it "
-        "starts as soon as as many are queued as the last batch held; a lone read runs at once.",
+        "concurrently (the previous batch ended with several requests queued, its own "
+        "included, or several are queued); it starts as soon as as many are queued as the last "
+        "batch ended with, or when none has come for MT_BATCH_GAP_MS; a lone read runs at once.",
+    )
+    batch_gap_ms: float = Field(
+        default=1.0,
+        ge=0,
+        le=1000,
+        description="A read batch that waits for company starts once no read has come for this "
+        "long (capped by MT_BATCH_WAIT_MS): the wait lasts while requests keep arriving, and "
+        "ends soon after they stop.",
     )
 
     @field_validator("device")

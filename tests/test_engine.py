@@ -168,10 +168,11 @@ async def test_a_batch_starts_when_its_expected_company_has_come(
     make_settings: Callable[..., Settings], items: Items
 ) -> None:
     # After a batch of 3, three reads that arrive 20 ms apart form the next batch, which
-    # starts once the third is queued: the window is 60 s, so a batch that waited it out
-    # would fail the elapsed-time check and pass the test's timeout.
-    engine = await started(make_settings(batch_wait_ms=1000))
-    engine._reads._wait_s = 60.0  # over the setting's bound, to make a missed wake-up obvious
+    # starts once the third is queued: the window and the gap are 60 s, so a batch that waited
+    # them out would fail the elapsed-time check and pass the test's timeout.
+    engine = await started(make_settings(batch_wait_ms=1000, batch_gap_ms=1000))
+    # over the settings' bound, to make a missed wake-up obvious
+    engine._reads._wait_s = engine._reads._gap_s = 60.0
     try:
         await engine.write(items(1))
         await asyncio.gather(*(engine.read(items(1, seed=i)) for i in range(3)))  # queued at once
