@@ -11,6 +11,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from model import bank as bank_module
 from model import snapshot
 from model.bank import MemoryBank
 from model.durable import tensor_sha256
@@ -73,7 +74,9 @@ def test_a_free_rate_slot_never_answers_though_its_zero_bytes_decode_to_levels()
         assert int((b._inv != 0).sum()) == 1
 
 
-def test_counts_saturate_instead_of_wrapping() -> None:
+@pytest.mark.parametrize("few", [bank_module.TOUCH_FEW, 0])  # hits counted one by one, or not
+def test_counts_saturate_instead_of_wrapping(few: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bank_module, "TOUCH_FEW", few)
     bank = MemoryBank(2, 2)
     bank.write(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), mode="each")
     state = bank.state_dict()

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from model import bank as bank_module
 from model import search
 from model.bank import MemoryBank
 from model.errors import SlotNotFound
@@ -85,11 +86,15 @@ class BankMachine(RuleBasedStateMachine):
         dtype=st.sampled_from(["float32", "float16", "int8"]),
         initial_count=st.integers(0, 3),
         block=st.sampled_from([search.BLOCK_ELEMENTS, 2, 4]),
+        few=st.sampled_from([bank_module.TOUCH_FEW, 0]),
     )
-    def setup(self, capacity: int, m: int, dtype: str, initial_count: int, block: int) -> None:
-        # Tiny score blocks make reads of more than one query search block by block.
-        self.saved_block = search.BLOCK_ELEMENTS
-        search.BLOCK_ELEMENTS = block
+    def setup(
+        self, capacity: int, m: int, dtype: str, initial_count: int, block: int, few: int
+    ) -> None:
+        # Tiny score blocks make reads of more than one query search block by block; few = 0
+        # counts every read's hits by the vectorised path, not one by one.
+        self.saved_block, self.saved_few = search.BLOCK_ELEMENTS, bank_module.TOUCH_FEW
+        search.BLOCK_ELEMENTS, bank_module.TOUCH_FEW = block, few
         scales = torch.ones(m) if dtype == "int8" else None
         self.bank = MemoryBank(capacity, m, dtype=dtype, scales=scales, initial_count=initial_count)
         self.ref = RefBank(capacity, m, dtype, initial_count)
@@ -211,7 +216,7 @@ class BankMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         if hasattr(self, "saved_block"):
-            search.BLOCK_ELEMENTS = self.saved_block
+            search.BLOCK_ELEMENTS, bank_module.TOUCH_FEW = self.saved_block, self.saved_few
 
     @invariant()
     def same_state(self) -> None:
