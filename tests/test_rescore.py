@@ -16,6 +16,7 @@ from torch import Tensor
 from model.bank import MemoryBank
 from model.errors import InvalidInput
 from model.memory import IDRPMemory, Read
+from model.rescore import rescore
 
 
 class SwapCodec:
@@ -89,6 +90,22 @@ def test_a_rescored_batch_equals_the_reads_one_by_one() -> None:
         assert torch.allclose(a.scores, b.scores)
     assert torch.equal(one.bank.counts, batch.bank.counts)
     assert one.bank.tick == batch.bank.tick
+
+
+def test_the_full_candidates_path_equals_the_masked_one() -> None:
+    # min_score=None with R hits per query takes rescore's short path; min_score=-1 (which
+    # every cosine passes) takes the masked one: the same slots, scores, code scores and
+    # reconstructions, bit for bit. A bank of 40 random codes, 6 queries, R = 5, top 3.
+    g = torch.Generator().manual_seed(4)
+    bank = MemoryBank(40, 2)
+    bank.write(torch.randn(40, 2, generator=g), "each")
+    x = torch.randn(6, 2, generator=g)
+    codec = SwapCodec()
+    full = rescore(bank, codec.decode, x, x, 3, None, None, 5)
+    masked = rescore(bank, codec.decode, x, x, 3, -1.0, None, 5)
+    for a, b in zip(full, masked, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    assert (full.slots >= 0).all() and not torch.equal(full.slots[:, 0], bank.search(x, 1)[0][:, 0])
 
 
 def test_rescore_must_be_a_non_negative_int() -> None:
