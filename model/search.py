@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -421,10 +422,13 @@ def search(
     if k == 1:  # nothing to sort
         return cand, torch.where(valid, scores, 0.0), valid
     key = torch.where(valid, scores, -math.inf)
-    # best first, ties by lower slot: by slot, then stably by score, invalid last
-    by_slot = torch.argsort(cand, dim=1, stable=True)
-    cand, key, valid = cand.gather(1, by_slot), key.gather(1, by_slot), valid.gather(1, by_slot)
-    order = torch.argsort(key, dim=1, descending=True, stable=True)
+    if cand.device.type == "cpu":  # the same order by numpy's lexsort, in a third of the calls
+        order_np = np.lexsort((cand.numpy(), -key.numpy()), axis=1)
+        order = torch.from_numpy(order_np)
+    else:  # best first, ties by lower slot: by slot, then stably by score, invalid last
+        by_slot = torch.argsort(cand, dim=1, stable=True)
+        cand, key, valid = cand.gather(1, by_slot), key.gather(1, by_slot), valid.gather(1, by_slot)
+        order = torch.argsort(key, dim=1, descending=True, stable=True)
     cand, key, valid = cand.gather(1, order), key.gather(1, order), valid.gather(1, order)
     return cand, torch.where(valid, key, 0.0), valid
 

@@ -226,6 +226,22 @@ def test_blocked_top1_ties_go_to_the_lower_slot_across_blocks(
     assert torch.equal(r.slots, singles)
 
 
+@pytest.mark.parametrize("n_queries", [1, 3])  # the single-query scan and the batch path
+def test_top_k_ties_are_ordered_by_slot(n_queries: int) -> None:
+    # Three slots hold the same code, written out of slot order: a read of that code returns
+    # all three best first with equal scores, the lower slot first, then the next best.
+    g = torch.Generator().manual_seed(8)
+    bank = MemoryBank(50, 4)
+    bank.assign(torch.arange(50), torch.randn(50, 4, generator=g))
+    twin = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    for slot in (41, 7, 23):
+        bank.assign([slot], twin)
+    queries = torch.cat([twin, torch.randn(n_queries - 1, 4, generator=g)])
+    slots, scores = bank.search(queries, 4)
+    assert slots[0, :3].tolist() == [7, 23, 41]
+    assert scores[0, 0] == scores[0, 1] == scores[0, 2] > scores[0, 3]
+
+
 def test_zero_vectors_score_zero_never_nan() -> None:
     bank = MemoryBank(3, 2)
     bank.write(torch.tensor([[0.0, 0.0], [3.0, 4.0]]), mode="each")
