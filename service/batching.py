@@ -11,13 +11,14 @@ Waiting for company. With `wait_s` > 0 the worker may wait before taking a batch
 requests come concurrently (the last batch ended with several requests in the queue: its own
 and those queued while it ran, or several are queued now): a lone request runs at once. It
 waits until as many requests are queued as the last batch ended with (at least two), or the
-rows reach `limit`, or `wait_s` has passed, whichever comes first: under a steady load of c
-clients a batch starts as soon as the c-th request arrives, not after the whole window (a fixed
-1 ms sleep left the event loop idle for it, bench/results/http.md). Counting the requests
-queued while a batch ran, not only the batch's own, is what lets two cohorts merge: c = 16
-clients split into batches of 8 (one running, the other queued behind it) would otherwise
-stay split, each batch paying the per-batch cost of the codec and the scan for half as many
-reads. Reads wait (MT_BATCH_WAIT_MS); writes do not (a group forms while the previous one runs).
+rows reach `limit`, or no request has come for `gap_s`, or `wait_s` has passed (the last two
+within a millisecond), whichever comes first: under a steady load of c clients a batch starts
+as soon as the c-th request arrives, not after the whole window (a fixed 1 ms sleep left the
+event loop idle for it, bench/results/http.md). Counting the requests queued while a batch
+ran, not only the batch's own, is what lets two cohorts merge: c = 16 clients split into
+batches of 8 (one running, the other queued behind it) would otherwise stay split, each batch
+paying the per-batch cost of the codec and the scan for half as many reads. Reads wait
+(MT_BATCH_WAIT_MS, MT_BATCH_GAP_MS); writes do not (a group forms while the previous one runs).
 
 Requests cancelled while they wait are dropped before the batch runs: never run, never
 acknowledged.
@@ -37,6 +38,9 @@ P = TypeVar("P")  # a request's payload
 A = TypeVar("A")  # its answer
 
 Handler = Callable[[list[P]], Sequence[A | Exception]]
+# uvloop runs a timer due in under a millisecond on the next loop pass (libuv counts whole
+# milliseconds): the company wait never sets one nearer than this, or it would spin.
+TIMER_RESOLUTION_S = 0.001
 Run = Callable[[Callable[[], Sequence[A | Exception]]], Awaitable[Sequence[A | Exception]]]
 
 
@@ -137,11 +141,11 @@ class BatchQueue(Generic[P, A]):
         timer: list[asyncio.TimerHandle] = []
 
         def check() -> None:
-            due = min(deadline, self._last_arrival + self._gap_s)
-            if loop.time() >= due:
+            due, now = min(deadline, self._last_arrival + self._gap_s), loop.time()
+            if now >= due:
                 self._end_wait()
-            else:
-                timer[:] = [loop.call_at(due, check)]
+            else:  # uvloop's timers count whole milliseconds: one due sooner fires at once
+                timer[:] = [loop.call_at(max(due, now + TIMER_RESOLUTION_S), check)]
 
         timer.append(loop.call_at(min(deadline, loop.time() + self._gap_s), check))
         try:
