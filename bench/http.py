@@ -35,7 +35,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,7 @@ import numpy as np
 
 from bench.common import RESULTS, ROOT, command, machine, now, versions, write_results
 from model.codec_info import RESCORE_IMAGE
+from service.process import free_port
 from service.settings import Settings
 
 RESCORES = (3, 10, 32, 100)  # candidates the rescored read targets ask for (issue 12)
@@ -81,12 +81,6 @@ def wrk_version() -> str:
 
 
 # ------------------------------------------------------------------------- servers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def request(

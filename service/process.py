@@ -4,6 +4,7 @@ and load scripts, which all need a real server on 127.0.0.1 (never imported by t
 
 from __future__ import annotations
 
+import random
 import signal
 import socket
 import subprocess
@@ -17,9 +18,33 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on 127.0.0.1 now, for a server that binds it a moment later: drawn
+    below the kernel's ephemeral range, which bind(0) and every outgoing connection take
+    their ports from, so that nothing started meanwhile (Ray's own servers, the clients of
+    other tests) is handed it first (seen: a Ray Serve proxy's "Address already in use")."""
+    low = _ephemeral_low()
+    rng = random.Random()  # not the global RNG: tests seed that
+    for _ in range(200):
+        port = rng.randrange(PORTS_FROM, low) if low > PORTS_FROM + 100 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise RuntimeError(f"no free port on 127.0.0.1 in [{PORTS_FROM}, {low}) after 200 tries")
+
+
+# free_port's lowest port: above fixed ones (8000, 8265) and Ray's worker ports (10002-19999)
+PORTS_FROM = 20000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux: 32768 unless configured)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 class ServerProcess:

@@ -15,16 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from service import process
 from service.client import APIError, MemoryTransitClient
+from service.process import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "e2e-secret-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -66,6 +62,14 @@ def wait_ready(client: MemoryTransitClient, proc: subprocess.Popen[bytes], log: 
         assert proc.poll() is None, f"server exited {proc.returncode}:\n{log.read_text()}"
         assert time.monotonic() < deadline, f"not ready:\n{log.read_text()}"
         time.sleep(0.05)
+
+
+def test_free_ports_lie_below_the_ephemeral_range_and_bind() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(process.PORTS_FROM <= p < low for p in ports) and len(ports) > 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports.pop()))  # free indeed
 
 
 def test_serve_snapshot_sigterm_restart(weights_file: Path, tmp_path: Path) -> None:
