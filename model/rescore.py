@@ -56,10 +56,7 @@ def rescore(
         decoded = decode(bank.hit_codes(cand[valid])).float()
         recon = recon.to(decoded.device)
         recon[valid.to(decoded.device)] = decoded
-    xs = x.to(recon.device, torch.float32)
-    xn = xs / xs.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    rn = recon / recon.norm(dim=2, keepdim=True).clamp_min(1e-12)
-    score = (rn * xn.unsqueeze(1)).sum(dim=2).clamp_(-1.0, 1.0)  # (n, R)
+    score = _input_cosines(x, recon)  # (n, R)
     ok = valid.to(score.device)
     if min_score is not None:
         ok = ok & (score >= min_score)
@@ -86,12 +83,18 @@ def _rescore_full(
     values in about half the torch calls (no masks to build, scatter or apply)."""
     n, r = cand.shape
     recon = decode(bank.hit_codes(cand.reshape(-1))).float().view(n, r, -1)  # (n, R, d)
-    xs = x.to(recon.device, torch.float32)
-    xn = xs / xs.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    rn = recon / recon.norm(dim=2, keepdim=True).clamp_min(1e-12)
-    score = (rn * xn.unsqueeze(1)).sum(dim=2).clamp_(-1.0, 1.0)  # (n, R)
+    score = _input_cosines(x, recon)  # (n, R)
     take = torch.argsort(score, dim=1, descending=True, stable=True)[:, :top_k]  # (n, k)
     dev = cand.device
     at = take.to(dev)
     picked = recon.gather(1, take.unsqueeze(2).expand(n, top_k, recon.shape[2]))
     return Rescored(cand.gather(1, at), score.gather(1, take).to(dev), code.gather(1, at), picked)
+
+
+def _input_cosines(x: Tensor, recon: Tensor) -> Tensor:
+    """Cosines (n, R) of each query item x (n, d) with its candidates' reconstructions
+    recon (n, R, d), clipped to [-1, 1]; a zero row scores 0."""
+    xs = x.to(recon.device, torch.float32)
+    xn = xs / xs.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    rn = recon / recon.norm(dim=2, keepdim=True).clamp_min(1e-12)
+    return (rn * xn.unsqueeze(1)).sum(dim=2).clamp_(-1.0, 1.0)
