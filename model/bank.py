@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, SupportsIndex
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -38,7 +39,7 @@ from model.errors import SlotNotFound
 from model.ops import Assign, Clear, Forget, Free, Op, Pin, combine
 from model.quant import Quantiser, RateTables
 from model.ratecode import RateCode
-from model.search import all_finite, finite_inverse_norms, inverse_norms, rank_in_order, search
+from model.search import all_finite, inverse_norms, rank_in_order, search, unit_queries
 from model.search import warm as warm_scans  # model/onepass.py's kernels
 from model.slots import META_KEYS, SlotMeta
 from model.state import COUNT_MAX, COUNTER_NAMES, DTYPES, TICK_MAX, rebase_ticks, state_problem
@@ -239,12 +240,14 @@ class MemoryBank:
     ) -> Tensor:
         """x (B >= 1, m), real and finite -> float32 on the bank's device; ValueError else
         (finite=False: the caller checks finiteness itself)."""
-        t = torch.as_tensor(x).detach()
+        plain = isinstance(x, Tensor) and not x.requires_grad  # no torch call: a read's are cold
+        t = x if plain and isinstance(x, Tensor) else torch.as_tensor(x).detach()
         if t.dim() != 2 or t.shape[1] != self.m or t.shape[0] < 1:
             raise ValueError(f"expected {name} of shape (B >= 1, {self.m}), got {tuple(t.shape)}")
         if t.is_complex() or t.dtype == torch.bool:
             raise ValueError(f"expected real {name}, got dtype {t.dtype}")
-        t = t.to(device=self.device, dtype=torch.float32)
+        if t.dtype != torch.float32 or t.device != self.device:
+            t = t.to(device=self.device, dtype=torch.float32)
         if finite and not all_finite(t):
             raise ValueError(f"expected finite {name}, got NaN or inf")
         return t
@@ -335,8 +338,8 @@ class MemoryBank:
         """`read`'s slots (B, k) (-1: none) and scores (B, k) (0 where -1), best first, without
         counting anything: the first stage of a rescored read (model/memory.py)."""
         q = self.check_codes(queries, "queries", finite=False)  # (B, m)
-        inv_q = finite_inverse_norms(q)  # the finiteness check and the norms in one pass
-        if inv_q is None:
+        qn = unit_queries(q)  # the finiteness check and the unit rows in one pass
+        if qn is None:
             raise ValueError("expected finite queries, got NaN or inf")
         k = as_int(top_k, "top_k", 1)
         if min_score is not None:
@@ -350,8 +353,7 @@ class MemoryBank:
         allowed = self.occupied
         if namespace is not None:
             allowed = self.meta.in_namespace(namespace, self.occupied)
-        qn = q * inv_q.unsqueeze(1)
-        cand, scores, valid = search(
+        found, scores = search(
             qn,
             self.codes,
             self.quant.dequantise,
@@ -367,10 +369,10 @@ class MemoryBank:
             spread=self.quant.spread,
         )
         if kk == k:  # top_k within the capacity: no padding columns
-            return torch.where(valid, cand, -1), scores
+            return found, scores
         slots = torch.full((b, k), -1, dtype=torch.int64, device=dev)
         out_scores = torch.zeros((b, k), dtype=torch.float32, device=dev)
-        slots[:, :kk] = torch.where(valid, cand, -1)
+        slots[:, :kk] = found
         out_scores[:, :kk] = scores
         return slots, out_scores
 
@@ -426,7 +428,7 @@ class MemoryBank:
         self.reads += b
         self.hits += n_hit
         self.misses += b - n_hit
-        return torch.tensor(out, dtype=torch.int64).view(b, k)
+        return torch.from_numpy(np.array(out, dtype=np.int64).reshape(b, k))
 
     # ------------------------------------------------------------------ write
 

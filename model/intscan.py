@@ -34,6 +34,7 @@ from model.onepass import (
     LANES,
     MAXIMA_FN,
     PREFETCH_DECL,
+    as_floats,
     best,
     compile_ir,
     join_ir,
@@ -123,7 +124,7 @@ def certified(
         return None
     if not codes.is_contiguous():
         raise ValueError("expected contiguous codes (the kernels read raw memory)")
-    q, inv = q.to(torch.float32).contiguous(), inv.contiguous()  # the kernels read raw memory
+    q, inv = as_floats(q), as_floats(inv)
     qbuf, address = _query_buffer(m)
     qbuf[:m] = q.numpy()
     nb = n - n % LANES
@@ -144,7 +145,7 @@ def certified(
         return None
     if k == 1:  # `best` over those chunks: exactly its answer over the whole bank
         slot, _ = best(codes, q, inv, chunks.tolist())
-        return torch.full((1,), slot, dtype=torch.int64) if slot >= 0 else None
+        return torch.from_numpy(np.array([slot], dtype=np.int64)) if slot >= 0 else None
     return top_of_chunks(codes, q, inv, torch.from_numpy(chunks), k)
 
 

@@ -62,6 +62,7 @@ __all__ = [
     "LANES",
     "MAXIMA_FN",
     "PREFETCH_DECL",
+    "as_floats",
     "best",
     "compile_ir",
     "join_ir",
@@ -110,7 +111,7 @@ def best(
     n, m = codes.shape
     if not codes.is_contiguous():
         raise ValueError("expected contiguous codes (the kernels read raw memory)")
-    q, inv = q.to(torch.float32).contiguous(), inv.contiguous()  # the kernels read raw memory
+    q, inv = as_floats(q), as_floats(inv)
     if chunks is None:
         spans, scans = [(0, n)], kernels(codes.dtype, m, streams(codes))
     else:  # a few chunks: cache-resident, the cached bank's prefetch
@@ -137,6 +138,15 @@ def best(
     return slot, value
 
 
+def as_floats(t: Tensor) -> Tensor:
+    """t as the kernels read it, float32 and contiguous (they read raw memory): t itself, with
+    no torch call, when it already is (a single read's calls follow a scan that has pushed
+    torch's code out of cache, where each cost tens of microseconds)."""
+    if t.dtype == torch.float32 and t.is_contiguous():
+        return t
+    return t.to(torch.float32).contiguous()
+
+
 def _lanes() -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """This thread's output buffers of `best` (LANES lane maxima and their slots) and their
     addresses: numpy, ~10x cheaper than torch at 16 elements, made once per thread (a read
@@ -155,7 +165,7 @@ def maxima(codes: Tensor, q: Tensor, inv: Tensor) -> Tensor:
     n, m = codes.shape
     if not codes.is_contiguous():
         raise ValueError("expected contiguous codes (the kernels read raw memory)")
-    q, inv = q.to(torch.float32).contiguous(), inv.contiguous()  # the kernels read raw memory
+    q, inv = as_floats(q), as_floats(inv)
     nb = n - n % LANES
     out = torch.full((-(-n // CHUNK),), -math.inf, dtype=torch.float32)
     if nb:

@@ -16,7 +16,10 @@ registers, near the memory-bandwidth floor; the top 1, or chunk maxima for the t
 an integer pass that only picks the chunks, model/intscan.py), falling back to the masked
 scan when a free slot makes the top k.
 Returned scores are recomputed per (query, slot) pair from the dequantised codes, so they do
-not depend on the batch or the blocking. Ties between equal scores go to the lower slot for
+not depend on the batch or the blocking; on the CPU that step, and the queries' unit rows, run
+in numpy (`unit_queries`, `_ranked_cpu`): after a scan has pushed torch's code and data out of
+cache, each of the read's ~30 small torch calls cost 20-80 us, most of a single read's
+bookkeeping. Ties between equal scores go to the lower slot for
 top_k = 1; for top_k > 1 a tie at the k-th place may go to either slot. Zero vectors score 0,
 never NaN.
 """
@@ -38,6 +41,7 @@ __all__ = [
     "inverse_norms",
     "rank_in_order",
     "search",
+    "unit_queries",
     "unit_rows",
     "warm",
 ]
@@ -109,6 +113,24 @@ def finite_inverse_norms(x: Tensor) -> Tensor | None:
     if _all_plain(norm):  # = `_inverse_norms`'s usual case, without asking twice
         return torch.reciprocal(norm)
     return _inverse_norms(x, norm) if all_finite(x) else None
+
+
+def unit_queries(q: Tensor) -> Tensor | None:
+    """Queries q (B, m) float32 scaled to unit rows (all-zero rows stay zero), or None when q
+    holds NaN or inf. On the CPU in numpy, in float64, where no float32 row's squares overflow
+    or underflow: one norm per row, a few numpy calls instead of a dozen torch ones (a single
+    read's calls run after a scan that has pushed their code and data out of cache, where a
+    torch call cost 20-80 us). Each row's result depends on that row only, as a batch read
+    answering like single reads needs. Elsewhere `finite_inverse_norms` in torch."""
+    if q.device.type != "cpu":
+        inv = finite_inverse_norms(q)
+        return None if inv is None else q * inv.unsqueeze(1)
+    x = q.numpy().astype(np.float64)
+    norm = np.sqrt(np.square(x).sum(axis=1, keepdims=True))  # (B, 1), inf or NaN if not finite
+    if not np.isfinite(norm).all():
+        return None
+    unit = np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+    return torch.from_numpy(unit.astype(np.float32))
 
 
 def inverse_norms(x: Tensor) -> Tensor:
@@ -325,8 +347,10 @@ def _single(
     n, m = codes.shape[0], q.shape[0]
     if zero_free and decode is None and _fused(codes):
         found = _fused_top(q, codes, inv, k, spread)
-        if found is not None and allowed.numpy()[found.numpy()].all():  # else a free slot won
-            return found.unsqueeze(0)
+        if found is not None:
+            slots = found.numpy()
+            if allowed.numpy()[slots].all():  # else a free slot won
+                return torch.from_numpy(slots.reshape(1, -1))
     scores = torch.empty(n, dtype=torch.float32, device=codes.device)
     if dot is not None:
         dot(codes, q, scores)
@@ -363,7 +387,7 @@ def _fused_top(
     if k > 1:
         return onepass.top(codes, q, inv, k)
     slot, _ = onepass.best(codes, q, inv)
-    return torch.full((1,), slot, dtype=torch.int64) if slot >= 0 else None
+    return torch.from_numpy(np.array([slot], dtype=np.int64)) if slot >= 0 else None
 
 
 def _fused(codes: Tensor) -> bool:
@@ -396,41 +420,74 @@ def search(
     decode: Callable[[Tensor], Tensor] | None = None,
     dot: Dot | None = None,
     spread: float | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """The best k (<= N) allowed slots for unit queries qn (B, m), best first, ties by lower
-    slot: (slots, scores, valid), each (B, k). codes (N, m) are the stored codes, `dequantise`
-    turns them into float32 codes (= stored * scales when scales is given); inv (N,) their
-    inverse norms; allowed (N,) bool the occupied slots that may answer. valid is False where
-    the slot is not allowed or its exact score is below min_score (those entries sort last).
-    zero_free: the slots not allowed are the free ones, and their inverse norms are zero.
-    decode: for packed codes (N, width), the block dequantiser (= `dequantise`) the scan uses
-    instead of a cast; dot(codes, q, out): one query's inner products with the stored codes
-    (q . dequantised code for packed codes, qs . code for int8) into out (N,), which a
-    single-query scan uses instead of casting or decoding blocks. spread: int8's
-    `intscan.scale_spread(scales)`, which lets a single query over int8 codes take the integer scan
-    (None: it does not)."""
-    qs = qn if scales is None else qn * scales
+    slot: (slots, scores), each (B, k); slot -1 and score 0 where there is no hit: the slot is
+    not allowed, or its exact score is below min_score (those entries sort last). codes (N, m)
+    are the stored codes, `dequantise` turns them into float32 codes (= stored * scales when
+    scales is given); inv (N,) their inverse norms; allowed (N,) bool the occupied slots that
+    may answer. zero_free: the slots not allowed are the free ones, and their inverse norms
+    are zero. decode: for packed codes (N, width), the block dequantiser (= `dequantise`) the
+    scan uses instead of a cast; dot(codes, q, out): one query's inner products with the
+    stored codes (q . dequantised code for packed codes, qs . code for int8) into out (N,),
+    which a single-query scan uses instead of casting or decoding blocks. spread: int8's
+    `intscan.scale_spread(scales)`, which lets a single query over int8 codes take the integer
+    scan (None: it does not)."""
+    cpu = codes.device.type == "cpu"
+    if scales is None:
+        qs = qn
+    else:  # on the CPU in numpy (see `_ranked_cpu`), the same float32 products
+        qs = torch.from_numpy(qn.numpy() * scales.numpy()) if cpu else qn * scales
     cand = _candidates(qs, codes, inv, allowed, k, block, zero_free, decode, dot, spread)
+    if cpu:
+        if decode is None:  # = dequantise, in numpy: the same float32 values
+            rows = codes.numpy()[cand.numpy().reshape(-1)].astype(np.float32)
+            if scales is not None:
+                rows *= scales.numpy()
+        else:
+            rows = dequantise(codes.index_select(0, cand.reshape(-1))).numpy()
+        return _ranked_cpu(qn, cand, rows, allowed, min_score)
+    found = dequantise(codes.index_select(0, cand.reshape(-1)))  # (B * k, m) float32
     # Exact per-pair scores, independent of batch size and blocking; a cosine of unit rows
     # can round past +-1 (1.0000001): clipped, so a score is always in [-1, 1].
-    rows = codes.index_select(0, cand.reshape(-1))
-    unit = unit_rows(dequantise(rows)).view(*cand.shape, -1)  # (B, k, m)
+    unit = unit_rows(found).view(*cand.shape, -1)  # (B, k, m)
     scores = (qn.unsqueeze(1) * unit).sum(dim=2).clamp_(-1.0, 1.0)  # (B, k)
     valid = allowed[cand]
     if min_score is not None:
         valid &= scores >= min_score
-    if k == 1:  # nothing to sort
-        return cand, torch.where(valid, scores, 0.0), valid
-    key = torch.where(valid, scores, -math.inf)
-    if cand.device.type == "cpu":  # the same order by numpy's lexsort, in a third of the calls
-        order_np = np.lexsort((cand.numpy(), -key.numpy()), axis=1)
-        order = torch.from_numpy(order_np)
-    else:  # best first, ties by lower slot: by slot, then stably by score, invalid last
+    if k > 1:  # best first, ties by lower slot: by slot, then stably by score, invalid last
+        key = torch.where(valid, scores, -math.inf)
         by_slot = torch.argsort(cand, dim=1, stable=True)
         cand, key, valid = cand.gather(1, by_slot), key.gather(1, by_slot), valid.gather(1, by_slot)
         order = torch.argsort(key, dim=1, descending=True, stable=True)
-    cand, key, valid = cand.gather(1, order), key.gather(1, order), valid.gather(1, order)
-    return cand, torch.where(valid, key, 0.0), valid
+        cand, scores, valid = cand.gather(1, order), key.gather(1, order), valid.gather(1, order)
+    return torch.where(valid, cand, -1), torch.where(valid, scores, 0.0)
+
+
+def _ranked_cpu(
+    qn: Tensor, cand: Tensor, rows: np.ndarray, allowed: Tensor, min_score: float | None
+) -> tuple[Tensor, Tensor]:
+    """`search`'s answer on the CPU, in numpy: the exact score of each (query, candidate) pair
+    (cand (B, k); rows (B * k, m) float32, their dequantised codes), in float64, where no
+    float32 row's squares overflow or underflow, clipped to [-1, 1]; the order best first, ties
+    by lower slot (one lexsort), invalid last. A single read runs these after a scan that has pushed
+    torch's code and data out of cache (a torch call cost 20-80 us there, a numpy one a few);
+    each pair's score depends on that pair only, so a batch answers exactly as single reads."""
+    b, k = cand.shape
+    slots = cand.numpy()
+    wide = rows.astype(np.float64).reshape(b, k, -1)
+    norm = np.sqrt(np.square(wide).sum(axis=2))  # (B, k)
+    dots = (qn.numpy().astype(np.float64)[:, None, :] * wide).sum(axis=2)
+    cos = np.divide(dots, norm, out=np.zeros_like(dots), where=norm > 0)  # zero codes score 0
+    scores = np.clip(cos, -1.0, 1.0).astype(np.float32)
+    valid = allowed.numpy()[slots]
+    if min_score is not None:
+        valid &= scores >= min_score
+    if k > 1:
+        order = np.lexsort((slots, -np.where(valid, scores, -np.inf)), axis=1)
+        slots, scores, valid = (np.take_along_axis(x, order, 1) for x in (slots, scores, valid))
+    hits = torch.from_numpy(np.where(valid, slots, -1))
+    return hits, torch.from_numpy(np.where(valid, scores, np.float32(0.0)))
 
 
 def rank_in_order(slots: Tensor, b: int) -> Tensor:
