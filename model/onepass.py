@@ -15,7 +15,10 @@ How the pass is laid out:
 
 - 16 slots per step: each slot's m products in a vector, then a transpose-and-add tree of
   shuffles that turns the 16 product vectors into one vector of 16 sums (15 adds, no
-  horizontal sum per slot);
+  horizontal sum per slot); float16 and float32 codes with m a multiple of 16 are read two
+  slots at a time as halves of 8 codes (`_pair_products`), so the loads make the tree's first
+  level: at 100k x 16 (cache-resident), 1.17 -> 0.97 ns a slot for float16 and 1.07 -> 0.86
+  for float32 (Zen 4 EPYC, interleaved);
 - int8 codes with m a multiple of 4 are read as 32-bit words, 4 codes each, and the bytes
   taken out by shifts (integer ports) instead of a sign-extending shuffle per slot (the
   shuffle port was the limit); float16 codes are widened by the CPU's conversion, float32
@@ -291,7 +294,12 @@ def kernel_ir(el: str, m: int, stream: bool = False) -> str:
     out)` the largest score of each CHUNK slots. stream: `prefetch`'s non-temporal hint."""
     lines: list[str] = []
     prelude: list[str] = [f"%qv = load <{m} x float>, ptr %q, align 4"]
-    vecs = _words_products(m, lines, prelude) if words_layout(el, m) else _products(el, m, lines)
+    if words_layout(el, m):
+        vecs = _words_products(m, lines, prelude)
+    elif el != "i8" and m % LANES == 0:
+        vecs = _pair_products(el, m, lines, prelude)
+    else:
+        vecs = _products(el, m, lines)
     total, order = tree(lines, vecs)
     keep_best(lines, total, order)
     pre, step = join_ir(prelude, lines, m, _BYTES[el], stream)
@@ -481,6 +489,48 @@ def _products(el: str, m: int, lines: list[str]) -> list[tuple[str, list[int], i
                 lines.append(f"%xa{t}_{g} = fadd reassoc nsz <{LANES} x float> {acc}, {piece}")
                 acc = f"%xa{t}_{g}"
         vecs.append((acc, [t] * LANES, LANES))
+    return vecs
+
+
+def _pair_products(
+    el: str, m: int, lines: list[str], prelude: list[str]
+) -> list[tuple[str, list[int], int]]:
+    """Float codes (half, float) with m a multiple of LANES, two slots t, t + 1 at a time: the
+    first half of each 16 dimensions of both slots in one vector, read as two 8-code loads
+    (load and insert, no shuffle), the second halves in another, both widened and multiplied by
+    the query's matching halves, added (fused) across the two and the m / 16 groups: the
+    vector of 8 partial sums per slot that the tree's first level would make from two slots'
+    products, without that level's two cross-lane permutes, add and second multiply."""
+    half = LANES // 2
+    for g in range(m // LANES):
+        for h in range(2):
+            dims = [LANES * g + half * h + j for j in range(half)] * 2
+            prelude.append(shuffle(f"%qp{g}_{h}", "%qv", "poison", dims, m))
+    vecs = []
+    fadd, fmul = "fadd reassoc nsz contract", "fmul reassoc nsz contract"
+    for t in range(0, LANES, 2):
+        acc = ""
+        for g in range(m // LANES):
+            for h in range(2):
+                n = f"{t}_{g}_{h}"
+                for s, slot in (("a", t), ("b", t + 1)):
+                    lines += [
+                        f"%o{s}{n} = add i64 %base, {slot * m + LANES * g + half * h}",
+                        f"%p{s}{n} = getelementptr {el}, ptr %codes, i64 %o{s}{n}",
+                        f"%l{s}{n} = load <{half} x {el}>, ptr %p{s}{n}, align 1",
+                    ]
+                lines.append(shuffle(f"%c{n}", f"%la{n}", f"%lb{n}", list(range(LANES)), half, el))
+                code = f"%c{n}"
+                if el != "float":
+                    lines.append(f"%cf{n} = fpext <{LANES} x {el}> %c{n} to {LANE_FLOATS}")
+                    code = f"%cf{n}"
+                lines.append(f"%x{n} = {fmul} {LANE_FLOATS} {code}, %qp{g}_{h}")
+                if acc:
+                    lines.append(f"%s{n} = {fadd} {LANE_FLOATS} {acc}, %x{n}")
+                    acc = f"%s{n}"
+                else:
+                    acc = f"%x{n}"
+        vecs.append((acc, [t] * half + [t + 1] * half, half))
     return vecs
 
 
