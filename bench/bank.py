@@ -341,9 +341,10 @@ def render(report: dict[str, Any]) -> str:
         "the bank's read includes its bookkeeping (counts, ticks, stats). faiss is the pip "
         "faiss-cpu wheel with its defaults (OpenBLAS; batches of 20 or more queries go through "
         "sgemm). Single queries: the bank scans in one compiled pass (model/onepass.py) and "
-        "spends a fixed ~0.1-0.2 ms on about 25 small torch ops (validation, the returned "
-        "slot's exact score, counts, ticks), which faiss's bare scan does not have; at 1M "
-        "slots both stream the whole matrix and the memory bus decides.",
+        "spends ~0.1-0.3 ms on its bookkeeping (validation, the returned slot's exact score, "
+        "counts, ticks: ~30 small numpy calls and 3 torch ones, which run after the scan has "
+        "pushed their code and data out of cache), which faiss's bare scan does not have; at "
+        "1M slots both stream the whole matrix and the memory bus decides.",
         "",
         "On a shared machine, prefer `--threads 1`: with 2 OpenMP threads per side and other "
         "jobs running, barrier waits swamped both libraries.",
