@@ -19,9 +19,9 @@ Returned scores are recomputed per (query, slot) pair from the dequantised codes
 not depend on the batch or the blocking; on the CPU that step, and the queries' unit rows, run
 in numpy (`unit_queries`, `_ranked_cpu`): after a scan has pushed torch's code and data out of
 cache, each of the read's ~30 small torch calls cost 20-80 us, most of a single read's
-bookkeeping. Ties between equal scores go to the lower slot for
-top_k = 1; for top_k > 1 a tie at the k-th place may go to either slot. Zero vectors score 0,
-never NaN.
+bookkeeping (other devices: `_unit_queries_torch`, `_ranked_torch`). Ties between equal scores
+go to the lower slot for top_k = 1; for top_k > 1 a tie at the k-th place may go to either
+slot. Zero vectors score 0, never NaN.
 """
 
 from __future__ import annotations
@@ -121,16 +121,21 @@ def unit_queries(q: Tensor) -> Tensor | None:
     or underflow: one norm per row, a few numpy calls instead of a dozen torch ones (a single
     read's calls run after a scan that has pushed their code and data out of cache, where a
     torch call cost 20-80 us). Each row's result depends on that row only, as a batch read
-    answering like single reads needs. Elsewhere `finite_inverse_norms` in torch."""
+    answering like single reads needs. Other devices: `_unit_queries_torch`."""
     if q.device.type != "cpu":
-        inv = finite_inverse_norms(q)
-        return None if inv is None else q * inv.unsqueeze(1)
+        return _unit_queries_torch(q)
     x = q.numpy().astype(np.float64)
     norm = np.sqrt(np.square(x).sum(axis=1, keepdims=True))  # (B, 1), inf or NaN if not finite
     if not np.isfinite(norm).all():
         return None
     unit = np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
     return torch.from_numpy(unit.astype(np.float32))
+
+
+def _unit_queries_torch(q: Tensor) -> Tensor | None:
+    """`unit_queries` in torch, float32 (a GPU's queries stay on it)."""
+    inv = finite_inverse_norms(q)
+    return None if inv is None else q * inv.unsqueeze(1)
 
 
 def inverse_norms(x: Tensor) -> Tensor:
@@ -448,8 +453,16 @@ def search(
             rows = dequantise(codes.index_select(0, cand.reshape(-1))).numpy()
         return _ranked_cpu(qn, cand, rows, allowed, min_score)
     found = dequantise(codes.index_select(0, cand.reshape(-1)))  # (B * k, m) float32
-    # Exact per-pair scores, independent of batch size and blocking; a cosine of unit rows
-    # can round past +-1 (1.0000001): clipped, so a score is always in [-1, 1].
+    return _ranked_torch(qn, cand, found, allowed, min_score)
+
+
+def _ranked_torch(
+    qn: Tensor, cand: Tensor, found: Tensor, allowed: Tensor, min_score: float | None
+) -> tuple[Tensor, Tensor]:
+    """`_ranked_cpu` in torch, in float32, on the candidates' device (found (B * k, m): their
+    dequantised codes): the same answer, scores within float32 rounding. A cosine of unit rows
+    can round past +-1 (1.0000001): clipped, so a score is always in [-1, 1]."""
+    k = cand.shape[1]
     unit = unit_rows(found).view(*cand.shape, -1)  # (B, k, m)
     scores = (qn.unsqueeze(1) * unit).sum(dim=2).clamp_(-1.0, 1.0)  # (B, k)
     valid = allowed[cand]

@@ -125,3 +125,54 @@ def test_norm_helpers_fast_path_equals_the_masked_formula(rows: int) -> None:
         worse = odd.clone()
         worse[0, 5] = bad
         assert search.finite_inverse_norms(worse) is None
+
+
+def test_unit_queries_in_numpy_equal_the_torch_path_and_refuse_non_finite_rows() -> None:
+    """The CPU's unit rows (numpy, float64) agree with the torch path other devices take to
+    float32 rounding, for plain, zero, tiny and huge rows; a row is the same alone or in a
+    batch, bit for bit; NaN or inf anywhere: None from both."""
+    x = torch.randn(5, 16, generator=torch.Generator().manual_seed(3)) * 3.0
+    odd = torch.cat([x, torch.zeros(1, 16), torch.full((1, 16), 1e-30), torch.full((1, 16), 3e38)])
+    cpu, other = search.unit_queries(odd), search._unit_queries_torch(odd)
+    assert cpu is not None and other is not None and cpu.dtype == torch.float32
+    torch.testing.assert_close(cpu, other, rtol=1e-6, atol=1e-7)  # the torch path: a few ulps
+    assert torch.equal(cpu[5], torch.zeros(16))
+    torch.testing.assert_close(cpu[6:], torch.full((2, 16), 0.25), rtol=0, atol=0)
+    for i in range(odd.shape[0]):
+        alone = search.unit_queries(odd[i : i + 1])
+        assert alone is not None and torch.equal(alone[0], cpu[i])
+    for bad in (math.nan, math.inf, -math.inf):
+        worse = odd.clone()
+        worse[2, 7] = bad
+        assert search.unit_queries(worse) is None and search._unit_queries_torch(worse) is None
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_the_cpu_and_torch_tails_rank_alike(k: int) -> None:
+    """`_ranked_cpu` (numpy) and `_ranked_torch` (other devices) give the same slots, order
+    (best first, ties by lower slot: two identical codes; not-allowed and below-min_score
+    candidates last, as -1 with score 0) and scores to float32 rounding."""
+    g = torch.Generator().manual_seed(k)
+    codes = torch.randn(40, 8, generator=g)
+    codes[7] = codes[3]  # a tie: same code, two slots
+    allowed = torch.ones(40, dtype=torch.bool)
+    allowed[11] = False
+    q = codes[[3, 11, 20]] + 0.05 * torch.randn(3, 8, generator=g)
+    qn = search.unit_queries(q)
+    assert qn is not None
+    cand = torch.stack([torch.randperm(40, generator=g)[:k] for _ in range(3)])
+    cand[0, 0], cand[1, 0] = 7, 11
+    if k > 1:
+        cand[0, 1] = 3
+    found = codes[cand.reshape(-1)]
+    for min_score in (None, 0.1):
+        a = search._ranked_cpu(qn, cand, found.numpy(), allowed, min_score)
+        b = search._ranked_torch(qn, cand, found, allowed, min_score)
+        assert torch.equal(a[0], b[0])
+        torch.testing.assert_close(a[1], b[1], rtol=0, atol=2e-7)
+        assert 11 not in a[0].tolist()[1]
+        if k > 1:
+            assert a[0][0, :2].tolist() == [3, 7]  # equal scores: the lower slot first
+        assert ((a[0] == -1) == (a[1] == 0)).all()
+        if min_score is not None:
+            assert bool((a[1][a[0] >= 0] >= min_score).all())
