@@ -240,8 +240,8 @@ class MemoryBank:
     ) -> Tensor:
         """x (B >= 1, m), real and finite -> float32 on the bank's device; ValueError else
         (finite=False: the caller checks finiteness itself)."""
-        plain = isinstance(x, Tensor) and not x.requires_grad  # no torch call: a read's are cold
-        t = x if plain and isinstance(x, Tensor) else torch.as_tensor(x).detach()
+        # a plain tensor as it is, with no torch call: a single read's calls run cold
+        t = x if isinstance(x, Tensor) and not x.requires_grad else torch.as_tensor(x).detach()
         if t.dim() != 2 or t.shape[1] != self.m or t.shape[0] < 1:
             raise ValueError(f"expected {name} of shape (B >= 1, {self.m}), got {tuple(t.shape)}")
         if t.is_complex() or t.dtype == torch.bool:
