@@ -20,7 +20,8 @@ norms and ranks. Both release the GIL while they run.
   index at a time, that took 22-26 ms (some 14 instructions per dimension). Rate codes give
   most dimensions 1-3 bits, so the kernel first adds the terms of the dimensions inside each
   code byte into one table per byte (width x 256 entries, built per query, ~50k adds): a
-  code costs one look-up per byte, plus one per dimension that straddles two bytes.
+  code costs one look-up per byte, plus one per dimension that straddles two bytes, added into
+  four sums (one chain of adds waited on itself): 4-8 ms for the text codec's 100,000 codes.
 
 The values equal torch's up to float32 rounding (the sum order differs); they only rank
 candidates, whose returned scores model/search.py recomputes exactly. numba compiles a kernel
@@ -80,16 +81,22 @@ def _rate_dot_py(
             split[n_split] = j
             n_split += 1
     bytes_ = wide.astype(np.float32)
-    for i in range(n):
-        s = np.float32(0.0)
-        for k in range(width):
-            s += bytes_[k, codes[i, k]]
+    w4 = width - width % 4
+    for i in range(n):  # four sums, so that no add waits for the one before it
+        s0 = s1 = s2 = s3 = np.float32(0.0)
+        for k in range(0, w4, 4):
+            s0 += bytes_[k, codes[i, k]]
+            s1 += bytes_[k + 1, codes[i, k + 1]]
+            s2 += bytes_[k + 2, codes[i, k + 2]]
+            s3 += bytes_[k + 3, codes[i, k + 3]]
+        for k in range(w4, width):
+            s0 += bytes_[k, codes[i, k]]
         for t in range(n_split):
             j = split[t]
             b = byte[j]
             window = (np.int32(codes[i, b]) << 8) | np.int32(codes[i, b + 1])
-            s += table[j, (window >> shift[j]) & mask[j]]
-        out[i] = s
+            s1 += table[j, (window >> shift[j]) & mask[j]]
+        out[i] = (s0 + s1) + (s2 + s3)
 
 
 def _compiled(fn: Callable[..., None], fastmath: bool) -> Any:
