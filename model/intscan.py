@@ -229,6 +229,13 @@ def vnni_kernel_ir(m: int, stream: bool = False) -> str:
     lane_span = min(r, LANES)
     prelude = _split_query(m, per_slot, lane_span)
     lines: list[str] = []
+    for g in range(r):  # the step's r vectors of 16 words, each byte + 128 (an unsigned byte)
+        lines += [
+            f"%wo{g} = add i64 %base, {g * 64}",
+            f"%wp{g} = getelementptr i8, ptr %codes, i64 %wo{g}",
+            f"%w{g} = load <16 x i32>, ptr %wp{g}, align 1",
+            f"%u{g} = xor <16 x i32> %w{g}, splat (i32 -2139062144)",  # 0x80808080
+        ]
     if r == 4:
         total, order = _transposed_sums(prelude, lines)
     else:
@@ -241,17 +248,14 @@ def vnni_kernel_ir(m: int, stream: bool = False) -> str:
 
 
 def _tree_sums(r: int, per_slot: int, lane_span: int, lines: list[str]) -> tuple[str, list[int]]:
-    """The step's LANES slot sums codes . Q when each vector of words holds LANES // r slots:
-    per vector 256 * (codes . hi) + codes . lo, then `tree` over the slots' lanes, less the
-    + 128's 128 sum Q. Returns the sums' vector and its lane -> slot order."""
+    """The step's LANES slot sums codes . Q when each vector of words (%u{g}, bytes + 128)
+    holds LANES // r slots: per vector 256 * (codes . hi) + codes . lo, then `tree` over the
+    slots' lanes, less the + 128's 128 sum Q. Returns the sums' vector and its lane -> slot
+    order."""
     partial = []
     for g in range(r):
         v = g % per_slot
         lines += [
-            f"%wo{g} = add i64 %base, {g * 64}",
-            f"%wp{g} = getelementptr i8, ptr %codes, i64 %wo{g}",
-            f"%w{g} = load <16 x i32>, ptr %wp{g}, align 1",
-            f"%u{g} = xor <16 x i32> %w{g}, splat (i32 -2139062144)",  # 0x80808080: byte + 128
             f"%h{g} = call <16 x i32> {_DPBUSD}(<16 x i32> zeroinitializer, <16 x i32> %u{g}, "
             f"<16 x i32> %qh{v})",
             f"%hs{g} = shl <16 x i32> %h{g}, splat (i32 8)",
@@ -281,13 +285,6 @@ def _transposed_sums(prelude: list[str], lines: list[str]) -> tuple[str, list[in
                 shuffle(f"%qb{name}{w}", f"%q{name}b", "poison", picks, 16, "i8"),
                 f"%qw{name}{w} = bitcast <64 x i8> %qb{name}{w} to <16 x i32>",
             ]
-    for g in range(4):
-        lines += [
-            f"%wo{g} = add i64 %base, {g * 64}",
-            f"%wp{g} = getelementptr i8, ptr %codes, i64 %wo{g}",
-            f"%w{g} = load <16 x i32>, ptr %wp{g}, align 1",
-            f"%u{g} = xor <16 x i32> %w{g}, splat (i32 -2139062144)",  # 0x80808080: byte + 128
-        ]
 
     def unpack(pairs: tuple[int, int, int, int], lane: int) -> list[int]:
         return [lane * 4 + x if x < 4 else 16 + lane * 4 + x - 4 for x in pairs]
