@@ -27,27 +27,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model.onepass import (
+from model.kernel_ir import (
     CHUNK,
     FMAX_DECL,
     LANE_FLOATS,
     LANES,
-    MAXIMA_FN,
     PREFETCH_DECL,
-    as_floats,
-    best,
     compile_ir,
     join_ir,
     keep_best,
     maxima_ir,
     shuffle,
-    streams,
-    top_of_chunks,
-    torch_scores,
     tree,
     word_slots,
     words_layout,
 )
+from model.onepass import MAXIMA_FN, as_floats, best, streams, top_of_chunks, torch_scores
 
 __all__ = [
     "Q_MAX",
@@ -165,7 +160,7 @@ def int_kernel(
     m: int, scan: str, stream: bool = False
 ) -> tuple[Callable[[int, int, int, int, int], None], object]:
     """The compiled `imaxima` of this integer scan ("vnni", "avx2") for width m, and its
-    engine (the machine code lives as long as it does); stream: `onepass.prefetch`'s
+    engine (the machine code lives as long as it does); stream: `kernel_ir.prefetch`'s
     non-temporal hint."""
     engine = compile_ir(vnni_kernel_ir(m, stream) if scan == "vnni" else int_kernel_ir(m, stream))
     return MAXIMA_FN(engine.get_function_address("imaxima")), engine

@@ -9,7 +9,7 @@ import llvmlite.binding as llvm
 import pytest
 import torch
 
-from model import intscan, onepass
+from model import intscan, kernel_ir, onepass
 from model.bank import MemoryBank
 
 DTYPES = [torch.int8, torch.float16, torch.float32]
@@ -151,23 +151,24 @@ def test_top_k_gives_up_on_ties_that_select_most_chunks() -> None:
 def test_kernel_ir_is_valid_llvm_for_each_dtype() -> None:
     """The generated IR parses and verifies (what `kernels` compiles), with both scans."""
     for el in ("i8", "half", "float"):
-        ir = onepass.kernel_ir(el, 16)
+        ir = kernel_ir.kernel_ir(el, 16)
         llvm.parse_assembly(ir).verify()
         assert "define void @best(" in ir and "define void @maxima(" in ir
 
 
 def test_narrow_codes_are_prefetched_two_steps_or_more_ahead_and_float32_not() -> None:
-    assert onepass.prefetch(16, 4) == []  # float32: the hardware's prefetcher only
-    int8 = onepass.prefetch(16, 1)  # a step is 16 slots x 16 bytes: 4 cache lines
+    assert kernel_ir.prefetch(16, 4) == []  # float32: the hardware's prefetcher only
+    int8 = kernel_ir.prefetch(16, 1)  # a step is 16 slots x 16 bytes: 4 cache lines
     assert sum("@llvm.prefetch" in line for line in int8) == 4 + 1  # + the inverse norms
-    assert int8[0] == f"%pfs = add i64 %i, {onepass.PREFETCH_AHEAD // 16}"
-    assert onepass.prefetch(16, 1, True)[0] == f"%pfs = add i64 %i, {onepass.STREAM_AHEAD // 16}"
-    wide = onepass.prefetch(384, 2, True)  # 768 bytes a slot: 4096 bytes are fewer than 2 steps
-    assert wide[0] == f"%pfs = add i64 %i, {2 * onepass.LANES}"
+    assert int8[0] == f"%pfs = add i64 %i, {kernel_ir.PREFETCH_AHEAD // 16}"
+    streaming = kernel_ir.prefetch(16, 1, True)
+    assert streaming[0] == f"%pfs = add i64 %i, {kernel_ir.STREAM_AHEAD // 16}"
+    wide = kernel_ir.prefetch(384, 2, True)  # 768 bytes a slot: 4096 bytes are fewer than 2 steps
+    assert wide[0] == f"%pfs = add i64 %i, {2 * kernel_ir.LANES}"
     assert sum("@llvm.prefetch" in line for line in wide) == 16 * 768 // 64 + 1
     for el in ("i8", "half"):
-        assert "@llvm.prefetch" in onepass.kernel_ir(el, 16)
-    assert "call void @llvm.prefetch" not in onepass.kernel_ir("float", 16)
+        assert "@llvm.prefetch" in kernel_ir.kernel_ir(el, 16)
+    assert "call void @llvm.prefetch" not in kernel_ir.kernel_ir("float", 16)
     assert "call void @llvm.prefetch" in intscan.int_kernel_ir(16)
 
 
@@ -177,12 +178,12 @@ def test_scans_larger_than_the_last_level_cache_stream_and_answer_alike(
     """Banks larger than the last-level cache are prefetched with the non-temporal hint
     (llvm.prefetch locality 0, prefetchnta), smaller ones into L2 (locality 2); float32 never
     prefetches; both kernels find the same slots and scores."""
-    calls = [line for line in onepass.prefetch(16, 1) if "@llvm.prefetch" in line]
-    streaming = [line for line in onepass.prefetch(16, 1, True) if "@llvm.prefetch" in line]
+    calls = [line for line in kernel_ir.prefetch(16, 1) if "@llvm.prefetch" in line]
+    streaming = [line for line in kernel_ir.prefetch(16, 1, True) if "@llvm.prefetch" in line]
     assert len(calls) == len(streaming) == 5
     assert all(line.endswith("i32 0, i32 2, i32 1)") for line in calls)
     assert all(line.endswith("i32 0, i32 0, i32 1)") for line in streaming)
-    assert onepass.prefetch(16, 4, True) == []
+    assert kernel_ir.prefetch(16, 4, True) == []
     assert "i32 0, i32 0, i32 1" in intscan.int_kernel_ir(16, True)
     assert onepass.last_level_cache() >= 1 << 20  # sysfs's largest cache, or DEFAULT_CACHE
     g = torch.Generator().manual_seed(5)
