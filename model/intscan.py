@@ -11,7 +11,7 @@ query rounded to int16, in exact int32 sums, keeping one maximum per CHUNK slots
   16 up to 512; other CPUs and widths keep the float scans (`int_scan` says which).
 
 Then the chunks whose integer maximum is within twice the rounding's proven bound of the k-th
-best are scanned again by the float kernels (`best`, top 1) or scored by torch (top k), so the
+best are scanned again by the float kernels (`best`, top 1; `top_of_chunks`, top k), so the
 answer is the float scan's, slot for slot (`certified`). At 1M x 16 on a Zen 4 EPYC (VNNI), one
 thread: the integer pass 0.46-0.55 ms, onepass's `best` 0.91-0.95 ms, the one-pass floor of
 the same bytes 0.28-0.35 ms (the L3's bandwidth there).
@@ -141,7 +141,7 @@ def certified(
     if k == 1:  # `best` over those chunks: exactly its answer over the whole bank
         slot, _ = best(codes, q, inv, chunks.tolist())
         return torch.from_numpy(np.array([slot], dtype=np.int64)) if slot >= 0 else None
-    return top_of_chunks(codes, q, inv, torch.from_numpy(chunks), k)
+    return top_of_chunks(codes, q, inv, chunks, k)
 
 
 def _query_buffer(m: int) -> tuple[np.ndarray, int]:

@@ -45,6 +45,7 @@ __all__ = [
     "kernel_ir",
     "maxima_ir",
     "prefetch",
+    "scores_ir",
     "shuffle",
     "tree",
     "word_slots",
@@ -109,7 +110,7 @@ def kernel_ir(el: str, m: int, stream: bool = False) -> str:
     keep_best(lines, total, order)
     pre, step = join_ir(prelude, lines, m, EL_BYTES[el], stream)
     scans = _best_ir(pre, step, [f"i64 {s}" for s in order]) + maxima_ir(pre, step)
-    return scans + FMAX_DECL + PREFETCH_DECL
+    return scans + scores_ir(pre, step, order) + FMAX_DECL + PREFETCH_DECL
 
 
 def join_ir(
@@ -185,13 +186,7 @@ def _best_ir(pre: str, step: str, lanes: list[str]) -> str:
     return f"""
 define void @best(ptr noalias %codes, ptr noalias %inv, i64 %nb, ptr noalias %q,
                   ptr %ov, ptr %oi) {{
-entry:
-  {pre}
-  %any = icmp sgt i64 %nb, 0
-  br i1 %any, label %body, label %exit
-body:
-  %i = phi i64 [0, %entry], [%i1, %body]
-  %bv = phi {v} [splat (float {_NEG_INF}), %entry], [%bv1, %body]
+{_loop_head(pre)}
   %bi = phi {i} [splat (i64 -1), %entry], [%bi1, %body]
   {step}
   %i0 = insertelement {i} poison, i64 %i, i32 0
@@ -206,6 +201,44 @@ exit:
   %fi = phi {i} [splat (i64 -1), %entry], [%bi1, %body]
   store {v} %fv, ptr %ov, align 4
   store {i} %fi, ptr %oi, align 8
+  ret void
+}}
+"""
+
+
+def _loop_head(pre: str) -> str:
+    """The start of a scan that is one loop over all its steps (`best`, `scores`): the
+    prelude, no step when nb is 0, the step's slot %i and the running lane maxima %bv."""
+    v = LANE_FLOATS
+    return f"""entry:
+  {pre}
+  %any = icmp sgt i64 %nb, 0
+  br i1 %any, label %body, label %exit
+body:
+  %i = phi i64 [0, %entry], [%i1, %body]
+  %bv = phi {v} [splat (float {_NEG_INF}), %entry], [%bv1, %body]"""
+
+
+def scores_ir(pre: str, step: str, order: list[int]) -> str:
+    """`scores(codes, inv, nb, q, out)`: every slot's score, out[i] for i in [0, nb), in slot
+    order (the step's lanes put back by the inverse of `order`): the scores `best` and
+    `maxima` compare, for ranking a few chunks (`onepass.top_of_chunks`)."""
+    v = LANE_FLOATS
+    back = [0] * LANES
+    for lane, slot in enumerate(order):
+        back[slot] = lane
+    return f"""
+define void @scores(ptr noalias %codes, ptr noalias %inv, i64 %nb, ptr noalias %q,
+                    ptr noalias %os) {{
+{_loop_head(pre)}
+  {step}
+  {shuffle("%sv", "%val", "poison", back, LANES)}
+  %sp = getelementptr float, ptr %os, i64 %i
+  store {v} %sv, ptr %sp, align 4
+  %i1 = add nuw nsw i64 %i, {LANES}
+  %more = icmp slt i64 %i1, %nb
+  br i1 %more, label %body, label %exit
+exit:
   ret void
 }}
 """

@@ -8,8 +8,9 @@ the stored codes and their inverse norms and keep only running maxima in registe
 
 - `best` (top 1): the first slot of the largest score, the answer of torch's `max`;
 - `maxima` (CHUNK slots per maximum), for `top` (top k): the k-th largest chunk maximum is a
-  score at least k slots reach, so the top k lie in the chunks reaching it, which torch scores
-  again and ranks alone (a few thousand scores instead of N).
+  score at least k slots reach, so the top k lie in the chunks reaching it, which `scores`
+  (every slot's score, in slot order) scores again to rank them alone (a few thousand scores
+  instead of N).
 
 A scan larger than the CPU's last-level cache takes the stream prefetch hint (`streams`).
 
@@ -51,6 +52,7 @@ __all__ = [
     "best",
     "kernels",
     "last_level_cache",
+    "margin",
     "maxima",
     "streams",
     "top",
@@ -68,6 +70,7 @@ class Kernels(NamedTuple):
 
     best: Callable[[int, int, int, int, int, int], None]  # codes, inv, nb, q, values, slots
     maxima: Callable[[int, int, int, int, int], None]  # codes, inv, nb, q, chunk maxima
+    scores: Callable[[int, int, int, int, int], None]  # codes, inv, nb, q, every score
     engine: object  # llvmlite's execution engine: the machine code lives as long as it does
 
 
@@ -148,29 +151,77 @@ def maxima(codes: Tensor, q: Tensor, inv: Tensor) -> Tensor:
     return out
 
 
-def top(codes: Tensor, q: Tensor, inv: Tensor, k: int) -> Tensor | None:
-    """The slots (k,) of the k largest (q . codes[i]) * inv[i], best first, for 1 < k and
-    k * CHUNK well below N: the chunk maxima in one pass; the k-th largest of them is a score
-    that at least k slots reach, so the top k lie in the chunks whose maximum reaches it,
-    scored again (torch) and ranked alone. None when that selects more than a quarter of the
-    bank (ties, free slots at 0): then one scan of every score is the cheaper way."""
-    n = codes.shape[0]
+def top(codes: Tensor, q: Tensor, inv: Tensor, k: int, bound: float | None = None) -> Tensor | None:
+    """The slots (k,) of the k largest (q . codes[i]) * inv[i], best first (ties: the lower
+    slot first), for 1 < k and k * CHUNK well below N: the chunk maxima in one pass; the k-th
+    largest of them is a score that at least k slots reach, so the top k lie in the chunks
+    whose maximum reaches it, less the rounding `margin` (bound: as there; None: measured
+    here, a pass over the codes), ranked alone by `top_of_chunks`. None when that selects
+    more than a quarter of the bank (ties, free slots at 0): then one scan of every score is
+    the cheaper way."""
+    n, m = codes.shape
     if 4 * k * CHUNK > n:  # the chunks that hold the top k alone would exceed a quarter
         return None
-    best_of = maxima(codes, q, inv)
-    kth = torch.topk(best_of, k).values[-1]
-    chunks = torch.nonzero(best_of >= kth).squeeze(1)
-    if 4 * chunks.numel() * CHUNK > n:
+    best_of = maxima(codes, q, inv).numpy()
+    if bound is None:
+        bound = float(q.norm() * (codes.to(torch.float32).norm(dim=1) * inv).max())
+    kth = float(np.partition(best_of, -k)[-k])
+    chunks = np.flatnonzero(best_of >= kth - margin(m, bound))
+    if 4 * chunks.size * CHUNK > n:
         return None
-    return top_of_chunks(codes, q.to(torch.float32), inv, chunks, k)
+    return top_of_chunks(codes, q, inv, chunks, k)
 
 
-def top_of_chunks(codes: Tensor, q: Tensor, inv: Tensor, chunks: Tensor, k: int) -> Tensor:
-    """The k best slots, best first, among the slots of these chunks (c,) int64: scored again
-    in torch (`torch_scores`) and ranked alone."""
-    rows = (chunks.unsqueeze(1) * CHUNK + torch.arange(CHUNK)).reshape(-1)
-    rows = rows[rows < codes.shape[0]]
-    return rows[torch.topk(torch_scores(codes[rows], q, inv[rows]), k).indices]
+def margin(m: int, bound: float) -> float:
+    """How far below the k-th largest chunk maximum a chunk's maximum may lie and still hold
+    a top-k slot of another scan, for scores whose terms add up to at most bound in magnitude
+    (sum_j |q_j c_ij| inv_i <= bound; 1 for the bank's cosines: unit queries times the
+    scales, inv = 1 / |dequantised code|). Each scan's float32 score is within e = (m + 2)
+    2^-24 bound of the exact one (m products and sums in any order, fused or not, then the
+    product with inv), so two scans' scores of a slot differ by at most 2e and a slot the
+    other scan ranks k-th or better scores at least 4e below this scan's k-th: the margin is
+    (m + 4) 2^-22 bound. Chunks kept with it hold every slot `best` and `top_of_chunks`
+    could answer, so manyscan's batches answer as onepass's single scans."""
+    return bound * (m + 4) * 2.0**-22
+
+
+def top_of_chunks(
+    codes: Tensor, q: Tensor, inv: Tensor, chunks: np.ndarray | Tensor, k: int
+) -> Tensor:
+    """The k best slots (k,), best first, ties by lower slot, among the slots of these chunks
+    (c,): the scores `best` compares (the kernel's, chunk by chunk in place; the N % LANES
+    tail by `torch_scores`), so a slot's score does not depend on which other chunks are
+    ranked with it; the k-th largest, then the few slots reaching it ordered by one lexsort."""
+    n, m = codes.shape
+    q, inv = as_floats(q), as_floats(inv)
+    picked = np.asarray(chunks, dtype=np.int64)
+    rows = (picked[:, None] * CHUNK + np.arange(CHUNK)).reshape(-1)
+    rows = rows[rows < n]
+    score = np.empty(rows.shape[0], dtype=np.float32)
+    nb = n - n % LANES
+    scan = kernels(codes.dtype, m).scores
+    row, at_codes, at_inv, at_q = (
+        m * codes.element_size(),
+        codes.data_ptr(),
+        inv.data_ptr(),
+        q.data_ptr(),
+    )
+    at = 0
+    for c in picked.tolist():
+        lo, hi = c * CHUNK, min(c * CHUNK + CHUNK, n)
+        body = min(hi, nb) - lo
+        if body > 0:
+            scan(at_codes + lo * row, at_inv + 4 * lo, body, at_q, score.ctypes.data + 4 * at)
+        if hi > nb:  # the tail: in the last chunk
+            tail = max(nb, lo)
+            score[at + tail - lo : at + hi - lo] = torch_scores(
+                codes[tail:hi], q, inv[tail:hi]
+            ).numpy()
+        at += hi - lo
+    kth = np.partition(score, score.shape[0] - k)[score.shape[0] - k]
+    near = np.flatnonzero(score >= kth)
+    order = np.lexsort((rows[near], -score[near]))[:k]
+    return torch.from_numpy(rows[near[order]])
 
 
 def torch_scores(codes: Tensor, q: Tensor, inv: Tensor) -> Tensor:
@@ -214,6 +265,7 @@ def kernels(dtype: torch.dtype, m: int, stream: bool = False) -> Kernels:
     return Kernels(
         best=best_fn(engine.get_function_address("best")),
         maxima=MAXIMA_FN(engine.get_function_address("maxima")),
+        scores=MAXIMA_FN(engine.get_function_address("scores")),
         engine=engine,
     )
 

@@ -2,26 +2,30 @@
 
 The bank searches the codes it stores, in their storage dtype, with no float32 copy: per slot
 it keeps only the inverse norm of the dequantised code (`inverse_norms`, 0 for free or
-all-zero slots). A read of B queries is, per block of slots, one cast of the block to float32
-(none for float32 codes), one matrix product (B, m) x (m, rows) against the queries scaled to
-unit length and multiplied by the per-dimension scales (int8: code * scales = the dequantised
-code, so the scales fold into the query; packed rate codes are dequantised a block at a time by
-the quantiser's `decode` instead of cast), a product with the block's inverse norms, the
-free-slot mask and a top-k (top 1: each block's maximum alone, then the block that won a query
-scored again for the queries it won, to find the slot): no Python loop over slots or queries.
-The block's scores stay in cache between the product and the top-k that consumes it, and no
-N x B score matrix exists. A single query over all slots of int8, float16 or float32 codes on
-the CPU takes one compiled pass instead (model/onepass.py: scores and running maxima in
-registers, near the memory-bandwidth floor; the top 1, or chunk maxima for the top k; int8 by
-an integer pass that only picks the chunks, model/intscan.py), falling back to the masked
-scan when a free slot makes the top k.
+all-zero slots). On the CPU, int8, float16 and float32 codes are scanned by compiled passes
+that keep running maxima in registers: one query by model/onepass.py (near the
+memory-bandwidth floor; the top 1, or chunk maxima for the top k; int8 by an integer pass that
+only picks the chunks, model/intscan.py), a batch of at least `manyscan.MANY_MIN` queries by
+model/manyscan.py (each code read once for 16 queries), smaller batches query by query; a
+batch answers exactly as its queries read one by one (the scans keep every chunk within a
+proven rounding margin, `onepass.margin`). Both fall back to the masked scan when a free slot
+makes the top k. Other reads (a namespace's slots, packed rate codes, other devices) are, per
+block of slots, one cast of the block to float32 (none for float32 codes), one matrix product
+(B, m) x (m, rows) against the queries scaled to unit length and multiplied by the
+per-dimension scales (int8: code * scales = the dequantised code, so the scales fold into the
+query; packed rate codes are dequantised a block at a time by the quantiser's `decode`
+instead of cast), a product with the block's inverse norms, the free-slot mask and a top-k
+(top 1: each block's maximum alone, then the block that won a query scored again for the
+queries it won, to find the slot): no Python loop over slots or queries. The block's scores
+stay in cache between the product and the top-k that consumes it, and no N x B score matrix
+exists.
 Returned scores are recomputed per (query, slot) pair from the dequantised codes, so they do
 not depend on the batch or the blocking; on the CPU that step, and the queries' unit rows, run
 in numpy (`unit_queries`, `_ranked_cpu`): after a scan has pushed torch's code and data out of
 cache, each of the read's ~30 small torch calls cost 20-80 us, most of a single read's
 bookkeeping (other devices: `_unit_queries_torch`, `_ranked_torch`). Ties between equal scores
-go to the lower slot for top_k = 1; for top_k > 1 a tie at the k-th place may go to either
-slot. Zero vectors score 0, never NaN.
+go to the lower slot; on the torch block path, for top_k > 1, a tie at the k-th place may go
+to either slot. Zero vectors score 0, never NaN.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model import intscan, onepass
+from model import intscan, manyscan, onepass
 
 __all__ = [
     "all_finite",
@@ -62,6 +66,9 @@ CAST_ROWS = 1 << 14
 TOP_CHUNK = 512
 CHUNKED_TOP_MIN = 1 << 15
 CHUNKED_TOP_MAX_K = 32
+# sum_j |qs_j code_ij| inv_i of a bank's scores (onepass.margin): qs = the unit query times
+# the scales, inv = 1 / |dequantised code| (Cauchy-Schwarz)
+COSINE_BOUND = 1.0
 
 
 def all_finite(t: Tensor) -> bool:
@@ -249,9 +256,18 @@ def _candidates(
     `_single`). decode: rows of packed codes -> float32 (rows, m), called per block. dot: a
     compiled single-query scan of the stored codes (int8, packed). spread: int8's
     `intscan.scale_spread`, for one query's integer scan (None: no integer scan)."""
-    if qs.shape[0] == 1:
-        return _single(qs[0], codes, inv, allowed, k, block, zero_free, decode, dot, spread)
-    b, n, m = qs.shape[0], codes.shape[0], qs.shape[1]
+    b = qs.shape[0]
+    fused = zero_free and decode is None and _fused(codes)
+    if fused and b >= manyscan.MANY_MIN[codes.dtype]:
+        found = manyscan.top_many(codes, qs, inv, k, COSINE_BOUND)  # one pass per 16 queries
+        if found is not None and allowed.numpy()[found.numpy()].all():  # else a free slot won
+            return found
+    if b == 1 or fused:  # one pass per query: the same answer
+        one = [
+            _single(q, codes, inv, allowed, k, block, zero_free, decode, dot, spread) for q in qs
+        ]
+        return torch.cat(one)
+    n, m = codes.shape[0], qs.shape[1]
     cast = decode is None and codes.dtype != torch.float32
     rows = max(k, BLOCK_ELEMENTS // b)
     if cast or decode is not None:  # the float32 copy of a block: CAST_ROWS rows at most
@@ -390,7 +406,7 @@ def _fused_top(
         if found is not None:
             return found
     if k > 1:
-        return onepass.top(codes, q, inv, k)
+        return onepass.top(codes, q, inv, k, COSINE_BOUND)
     slot, _ = onepass.best(codes, q, inv)
     return torch.from_numpy(np.array([slot], dtype=np.int64)) if slot >= 0 else None
 

@@ -194,6 +194,7 @@ def test_batch_counts_are_sequential_and_equal_single_reads() -> None:
 @pytest.mark.parametrize("top_k", [1, 3, 70])
 def test_blocked_search_matches_brute_force(top_k: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(search, "BLOCK_ELEMENTS", 1 << 10)  # 16 queries -> blocks of 64 slots
+    monkeypatch.setattr(search, "_fused", lambda codes: False)  # torch's blocks, not the scans
     g = torch.Generator().manual_seed(5)
     bank = MemoryBank(500, 8)
     bank.assign(torch.randperm(500, generator=g)[:450], torch.randn(450, 8, generator=g))
@@ -212,6 +213,7 @@ def test_blocked_top1_ties_go_to_the_lower_slot_across_blocks(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(search, "BLOCK_ELEMENTS", 1 << 10)  # 16 queries -> blocks of 64 slots
+    monkeypatch.setattr(search, "_fused", lambda codes: False)  # torch's blocks, not the scans
     g = torch.Generator().manual_seed(6)
     bank = MemoryBank(300, 4)
     bank.assign(torch.arange(300), torch.randn(300, 4, generator=g) * 0.01)

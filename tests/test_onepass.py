@@ -415,3 +415,22 @@ def test_bank_warm_compiles_the_integer_scan_before_the_first_read() -> None:
     assert intscan.int_kernel.cache_info().currsize == 1
     MemoryBank(4096, 16, dtype="float16").warm()  # float banks take no integer scan
     assert intscan.int_kernel.cache_info().currsize == 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [3, 16, 48])
+def test_every_slots_score_is_the_one_best_compares(dtype: torch.dtype, m: int) -> None:
+    """`scores` writes each slot's score in slot order (the lanes put back): torch's within
+    float32 rounding, and its first maximum is `best`'s slot and value, bit for bit."""
+    g = torch.Generator().manual_seed(50 + m)
+    n = 3 * onepass.CHUNK
+    codes = _codes(n, m, dtype, g)
+    inv = 1.0 / codes.to(torch.float32).norm(dim=1)
+    q = torch.randn(m, generator=g)
+    out = torch.empty(n)
+    onepass.kernels(dtype, m).scores(
+        codes.data_ptr(), inv.data_ptr(), n, q.data_ptr(), out.data_ptr()
+    )
+    torch.testing.assert_close(out, (codes.to(torch.float32) @ q) * inv, rtol=1e-5, atol=1e-5)
+    slot, value = onepass.best(codes, q, inv)
+    assert (int(out.argmax()), float(out.max())) == (slot, value)
