@@ -109,7 +109,8 @@ def kernel_ir(el: str, m: int, stream: bool = False) -> str:
     total, order = tree(lines, vecs)
     keep_best(lines, total, order)
     pre, step = join_ir(prelude, lines, m, EL_BYTES[el], stream)
-    scans = _best_ir(pre, step, [f"i64 {s}" for s in order]) + maxima_ir(pre, step)
+    lanes = [f"i64 {s}" for s in order]
+    scans = _best_ir(pre, step, lanes) + _best_in_ir(pre, step, lanes) + maxima_ir(pre, step)
     return scans + scores_ir(pre, step, order) + FMAX_DECL + PREFETCH_DECL
 
 
@@ -182,23 +183,80 @@ def keep_best(lines: list[str], total: str, order: list[int]) -> None:
 def _best_ir(pre: str, step: str, lanes: list[str]) -> str:
     """`best`: one loop over the steps; each lane keeps its first maximum (strict >) and that
     slot (lanes: each lane's slot within a step, the tree's order)."""
-    v, f, i = LANE_FLOATS, _B, _I
+    v, i = LANE_FLOATS, _I
     return f"""
 define void @best(ptr noalias %codes, ptr noalias %inv, i64 %nb, ptr noalias %q,
                   ptr %ov, ptr %oi) {{
 {_loop_head(pre)}
   %bi = phi {i} [splat (i64 -1), %entry], [%bi1, %body]
   {step}
-  %i0 = insertelement {i} poison, i64 %i, i32 0
-  %isp = shufflevector {i} %i0, {i} poison, <{LANES} x i32> zeroinitializer
-  %idx = add {i} %isp, <{", ".join(lanes)}>
-  %bi1 = select {f} %gt, {i} %idx, {i} %bi
+  {_track_slots(lanes)}
   %i1 = add nuw nsw i64 %i, {LANES}
   %more = icmp slt i64 %i1, %nb
   br i1 %more, label %body, label %exit
 exit:
   %fv = phi {v} [splat (float {_NEG_INF}), %entry], [%bv1, %body]
   %fi = phi {i} [splat (i64 -1), %entry], [%bi1, %body]
+  store {v} %fv, ptr %ov, align 4
+  store {i} %fi, ptr %oi, align 8
+  ret void
+}}
+"""
+
+
+def _track_slots(lanes: list[str]) -> str:
+    """A step's slots per lane (%i plus the lane's place) kept where the lane's maximum
+    changed (%gt): %bi -> %bi1."""
+    i = _I
+    return f"""%i0 = insertelement {i} poison, i64 %i, i32 0
+  %isp = shufflevector {i} %i0, {i} poison, <{LANES} x i32> zeroinitializer
+  %idx = add {i} %isp, <{", ".join(lanes)}>
+  %bi1 = select {_B} %gt, {i} %idx, {i} %bi"""
+
+
+def _best_in_ir(pre: str, step: str, lanes: list[str]) -> str:
+    """`best_in(codes, inv, nb, q, out_values, out_slots, chunks, nc)`: `best` over the slots
+    of nc CHUNK-slot chunks alone (chunks: their indices, int64, ascending), below nb, in one
+    call: the lanes' running maxima carry from chunk to chunk, so the answer is `best`'s over
+    those slots (ties included), with absolute slots."""
+    v, i = LANE_FLOATS, _I
+    return f"""
+define void @best_in(ptr noalias %codes, ptr noalias %inv, i64 %nb, ptr noalias %q,
+                     ptr %ov, ptr %oi, ptr noalias %chunks, i64 %nc) {{
+entry:
+  {pre}
+  %anyc = icmp sgt i64 %nc, 0
+  br i1 %anyc, label %chunk, label %exit
+chunk:
+  %ci = phi i64 [0, %entry], [%ci1, %next]
+  %cv = phi {v} [splat (float {_NEG_INF}), %entry], [%nv, %next]
+  %cx = phi {i} [splat (i64 -1), %entry], [%nx, %next]
+  %cp = getelementptr i64, ptr %chunks, i64 %ci
+  %c = load i64, ptr %cp, align 8
+  %lo = mul i64 %c, {CHUNK}
+  %hi0 = add i64 %lo, {CHUNK}
+  %cut = icmp slt i64 %nb, %hi0
+  %hi = select i1 %cut, i64 %nb, i64 %hi0
+  %some = icmp slt i64 %lo, %hi
+  br i1 %some, label %body, label %next
+body:
+  %i = phi i64 [%lo, %chunk], [%i1, %body]
+  %bv = phi {v} [%cv, %chunk], [%bv1, %body]
+  %bi = phi {i} [%cx, %chunk], [%bi1, %body]
+  {step}
+  {_track_slots(lanes)}
+  %i1 = add nuw nsw i64 %i, {LANES}
+  %more = icmp slt i64 %i1, %hi
+  br i1 %more, label %body, label %next
+next:
+  %nv = phi {v} [%cv, %chunk], [%bv1, %body]
+  %nx = phi {i} [%cx, %chunk], [%bi1, %body]
+  %ci1 = add nuw nsw i64 %ci, 1
+  %again = icmp slt i64 %ci1, %nc
+  br i1 %again, label %chunk, label %exit
+exit:
+  %fv = phi {v} [splat (float {_NEG_INF}), %entry], [%nv, %next]
+  %fi = phi {i} [splat (i64 -1), %entry], [%nx, %next]
   store {v} %fv, ptr %ov, align 4
   store {i} %fi, ptr %oi, align 8
   ret void

@@ -11,9 +11,9 @@ work, at one such vector instruction a cycle); times the slot's inverse norm; on
 CHUNK slots and query. At 1M x 16 float32, one thread (Zen 4 EPYC): 16 queries in 5.6 ms,
 0.35 ns a slot and query, against torch's 22.7 ms and 16 single reads' ~48 ms; 100k: 0.5 ms.
 
-Then, per query, as the single scans do: the top 1 is `onepass.best` over the chunks whose
-maximum is within the rounding `margin` of the largest, the top k `onepass.top_of_chunks`
-over the chunks within it of the k-th largest. The margin covers both scans' rounding (their
+Then, per query, the chunks whose maximum is within the rounding `margin` of its largest (top
+1) or k-th largest (top k), ranked by `onepass.tops_of_chunks` on the single scans' own scores
+(first maximum: `onepass.best`'s slot). The margin covers both scans' rounding (their
 sums run in different orders), so every slot the single scan could answer is among those
 chunks and the answer is the single scan's, slot for slot: a batch answers as its queries read
 one by one. Returned scores are recomputed per pair (model/search.py).
@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from model.kernel_ir import CHUNK, compile_ir
-from model.onepass import DTYPES, as_floats, best, margin, top_of_chunks
+from model.onepass import DTYPES, as_floats, best, margin, tops_of_chunks
 
 __all__ = ["MANY_MIN", "STEP", "groups", "many_ir", "maxima_many", "top_many", "widths"]
 
@@ -267,25 +267,25 @@ def top_many(codes: Tensor, qs: Tensor, inv: Tensor, k: int, bound: float) -> Te
     """The slots (B, k) of each query's k largest (qs[b] . codes[i]) * inv[i], best first:
     exactly what B single reads answer (`onepass.best` for k = 1, `onepass.top` for k > 1),
     since the chunks kept reach the best (k = 1) or k-th best chunk maximum less the rounding
-    `margin` (bound: as there). None when a query's top k would need more than a quarter of
-    the bank scored again (ties, free slots at 0; k * CHUNK near N): then the block scan is
-    the cheaper way."""
+    `margin` (bound: as there) and are ranked on the single scans' scores. None when a query's
+    top k would need more than a quarter of the bank scored again (ties, free slots at 0; k *
+    CHUNK near N): then the caller reads query by query."""
     n, m = codes.shape
     if k > 1 and 4 * k * CHUNK > n:
         return None
-    tops = maxima_many(codes, qs, inv)
-    slack = margin(m, bound)
-    out = np.empty((qs.shape[0], k), dtype=np.int64)
-    for j, col in enumerate(tops.T):
-        kth = float(col.max()) if k == 1 else float(np.partition(col, -k)[-k])
-        chunks = np.flatnonzero(col >= kth - slack)
-        if 4 * chunks.size * CHUNK > n:
-            return None
-        if k > 1:
-            out[j] = top_of_chunks(codes, qs[j], inv, chunks, k).numpy()
-            continue
-        slot, _ = best(codes, qs[j], inv, chunks.tolist())
-        if slot < 0:
-            return None
-        out[j, 0] = slot
+    tops = maxima_many(codes, qs, inv)  # (chunks, B)
+    if k == 1:
+        kth = tops.max(axis=0)
+    else:
+        kth = np.partition(tops, tops.shape[0] - k, axis=0)[tops.shape[0] - k]
+    floor = (kth - margin(m, bound))[:, None]  # (B, 1)
+    keep = np.greater_equal(tops.T, floor)  # (B, chunks): may hold a top-k slot
+    if 4 * int(keep.sum(axis=1).max()) * CHUNK > n:
+        return None
+    picks = [np.flatnonzero(row) for row in keep]
+    if k > 1:
+        return torch.from_numpy(tops_of_chunks(codes, qs, inv, picks, k))
+    out = np.empty((len(picks), 1), dtype=np.int64)
+    for j, chunks in enumerate(picks):  # one `best_in` call each, however many chunks tie
+        out[j, 0], _ = best(codes, qs[j], inv, chunks)
     return torch.from_numpy(out)

@@ -57,6 +57,7 @@ __all__ = [
     "streams",
     "top",
     "top_of_chunks",
+    "tops_of_chunks",
     "torch_scores",
 ]
 
@@ -69,46 +70,55 @@ class Kernels(NamedTuple):
     """One dtype and width's compiled scans (ctypes functions over raw pointers)."""
 
     best: Callable[[int, int, int, int, int, int], None]  # codes, inv, nb, q, values, slots
+    best_in: Callable[..., None]  # the same, then chunks, nc: over those chunks alone
     maxima: Callable[[int, int, int, int, int], None]  # codes, inv, nb, q, chunk maxima
     scores: Callable[[int, int, int, int, int], None]  # codes, inv, nb, q, every score
     engine: object  # llvmlite's execution engine: the machine code lives as long as it does
 
 
 def best(
-    codes: Tensor, q: Tensor, inv: Tensor, chunks: Sequence[int] | None = None
+    codes: Tensor, q: Tensor, inv: Tensor, chunks: Sequence[int] | np.ndarray | None = None
 ) -> tuple[int, float]:
     """The first slot i with the largest (q . codes[i]) * inv[i], and that score, for codes
     (N, m) int8, float16 or float32 (contiguous, on the CPU), q (m,) and inv (N,) float32;
     (-1, -inf) when N is 0 (or no score beats -inf). chunks: among the slots of these
-    CHUNK-slot chunks alone (ascending; model/intscan.py's rescan), each scanned in place
-    through an offset pointer: no slicing, one kernel call per chunk."""
+    CHUNK-slot chunks alone (ascending; model/intscan.py's and model/manyscan.py's rescans),
+    in one kernel call (`best_in`): no slicing, one call however many chunks."""
     n, m = codes.shape
     if not codes.is_contiguous():
         raise ValueError("expected contiguous codes (the kernels read raw memory)")
     q, inv = as_floats(q), as_floats(inv)
-    if chunks is None:
-        spans, scans = [(0, n)], kernels(codes.dtype, m, streams(codes))
-    else:  # a few chunks: cache-resident, the cached bank's prefetch
-        spans = [(c * CHUNK, min(c * CHUNK + CHUNK, n)) for c in chunks]
-        scans = kernels(codes.dtype, m)
     values, slots, out = _lanes()
-    row, at_codes, at_inv = m * codes.element_size(), codes.data_ptr(), inv.data_ptr()
-    at_q = q.data_ptr()
-    slot, value = -1, -math.inf
-    for lo, hi in spans:  # strictly greater to replace: on a tie the lower slot wins
-        nb = (hi - lo) - (hi - lo) % LANES
+    nb = n - n % LANES
+    if chunks is None:
+        values.fill(-np.inf)  # no step when N < LANES
         if nb:
-            scans.best(at_codes + lo * row, at_inv + 4 * lo, nb, at_q, *out)
-            lane_values = values.tolist()  # 16 Python floats: cheaper than numpy's reductions
-            top = max(lane_values)
-            if top > value:
-                lane_slots = slots.tolist()
-                slot = lo + min(s for v, s in zip(lane_values, lane_slots, strict=True) if v == top)
-                value = top
-        if lo + nb < hi:  # the span's last (hi - lo) % LANES slots
-            v, i = torch_scores(codes[lo + nb : hi], q, inv[lo + nb : hi]).max(dim=0)
-            if float(v) > value:
-                slot, value = lo + nb + int(i), float(v)
+            kernels(codes.dtype, m, streams(codes)).best(
+                codes.data_ptr(), inv.data_ptr(), nb, q.data_ptr(), *out
+            )
+        tail = nb < n
+    else:  # a few chunks, cache-resident: the cached bank's prefetch
+        picked = np.ascontiguousarray(chunks, dtype=np.int64)
+        tail = nb < n and picked.size > 0 and int(picked[-1]) == (n - 1) // CHUNK
+        kernels(codes.dtype, m).best_in(
+            codes.data_ptr(),
+            inv.data_ptr(),
+            nb,
+            q.data_ptr(),
+            *out,
+            picked.ctypes.data,
+            picked.size,
+        )
+    slot, value = -1, -math.inf
+    lane_values = values.tolist()  # 16 Python floats: cheaper than numpy's reductions
+    top = max(lane_values)
+    if top > value:  # the first slot of the lanes' maximum: on a tie the lower slot wins
+        slot = min(s for v, s in zip(lane_values, slots.tolist(), strict=True) if v == top)
+        value = top
+    if tail:  # the last N % LANES slots, strictly greater to replace
+        v, i = torch_scores(codes[nb:], q, inv[nb:]).max(dim=0)
+        if float(v) > value:
+            slot, value = nb + int(i), float(v)
     return slot, value
 
 
@@ -188,40 +198,54 @@ def margin(m: int, bound: float) -> float:
 def top_of_chunks(
     codes: Tensor, q: Tensor, inv: Tensor, chunks: np.ndarray | Tensor, k: int
 ) -> Tensor:
-    """The k best slots (k,), best first, ties by lower slot, among the slots of these chunks
-    (c,): the scores `best` compares (the kernel's, chunk by chunk in place; the N % LANES
-    tail by `torch_scores`), so a slot's score does not depend on which other chunks are
-    ranked with it; the k-th largest, then the few slots reaching it ordered by one lexsort."""
-    n, m = codes.shape
-    q, inv = as_floats(q), as_floats(inv)
+    """The k best slots (k,) of one query among the slots of these chunks (`tops_of_chunks`)."""
     picked = np.asarray(chunks, dtype=np.int64)
-    rows = (picked[:, None] * CHUNK + np.arange(CHUNK)).reshape(-1)
-    rows = rows[rows < n]
-    score = np.empty(rows.shape[0], dtype=np.float32)
+    return torch.from_numpy(tops_of_chunks(codes, q.unsqueeze(0), inv, [picked], k)[0])
+
+
+def tops_of_chunks(
+    codes: Tensor, qs: Tensor, inv: Tensor, picks: Sequence[np.ndarray], k: int
+) -> np.ndarray:
+    """The k best slots of each query (B, k) int64, best first, ties by lower slot, among the
+    slots of its chunks (picks[b]: chunk indices): the scores `best` compares (the kernel's,
+    chunk by chunk in place; the N % LANES tail by `torch_scores`), so a slot's score does not
+    depend on which other chunks are ranked with it; per query its k-th largest score, then
+    the slots reaching it in one lexsort over all queries."""
+    n, m = codes.shape
+    qs, inv = as_floats(qs), as_floats(inv)
+    b = len(picks)
+    width = max(p.size for p in picks) * CHUNK
+    score = np.full((b, width), -np.inf, dtype=np.float32)
+    rows = np.full((b, width), n, dtype=np.int64)
     nb = n - n % LANES
     scan = kernels(codes.dtype, m).scores
-    row, at_codes, at_inv, at_q = (
-        m * codes.element_size(),
-        codes.data_ptr(),
-        inv.data_ptr(),
-        q.data_ptr(),
-    )
-    at = 0
-    for c in picked.tolist():
-        lo, hi = c * CHUNK, min(c * CHUNK + CHUNK, n)
-        body = min(hi, nb) - lo
-        if body > 0:
-            scan(at_codes + lo * row, at_inv + 4 * lo, body, at_q, score.ctypes.data + 4 * at)
-        if hi > nb:  # the tail: in the last chunk
-            tail = max(nb, lo)
-            score[at + tail - lo : at + hi - lo] = torch_scores(
-                codes[tail:hi], q, inv[tail:hi]
-            ).numpy()
-        at += hi - lo
-    kth = np.partition(score, score.shape[0] - k)[score.shape[0] - k]
-    near = np.flatnonzero(score >= kth)
-    order = np.lexsort((rows[near], -score[near]))[:k]
-    return torch.from_numpy(rows[near[order]])
+    row, at_codes, at_inv = m * codes.element_size(), codes.data_ptr(), inv.data_ptr()
+    at_q, at_out, span = qs.data_ptr(), score.ctypes.data, np.arange(CHUNK)
+    for j, chunks in enumerate(picks):
+        rows[j, : chunks.size * CHUNK] = (chunks[:, None] * CHUNK + span).reshape(-1)
+        for a, c in enumerate(chunks.tolist()):
+            lo, hi = c * CHUNK, min(c * CHUNK + CHUNK, n)
+            out = j * width + a * CHUNK
+            if min(hi, nb) > lo:
+                scan(
+                    at_codes + lo * row,
+                    at_inv + 4 * lo,
+                    min(hi, nb) - lo,
+                    at_q + 4 * m * j,
+                    at_out + 4 * out,
+                )
+            if hi > nb:  # the tail, in the last chunk
+                tail = max(nb, lo)
+                score[j, a * CHUNK + tail - lo : a * CHUNK + hi - lo] = torch_scores(
+                    codes[tail:hi], qs[j], inv[tail:hi]
+                ).numpy()
+    kth = np.partition(score, width - k, axis=1)[:, width - k]
+    who, pos = np.nonzero(score >= kth[:, None])
+    slots, values = rows[who, pos], score[who, pos]
+    order = np.lexsort((slots, -values, who))
+    counts = np.bincount(who, minlength=b)
+    first = np.cumsum(counts) - counts
+    return slots[order[(first[:, None] + np.arange(k)).reshape(-1)]].reshape(b, k)
 
 
 def torch_scores(codes: Tensor, q: Tensor, inv: Tensor) -> Tensor:
@@ -262,8 +286,10 @@ def kernels(dtype: torch.dtype, m: int, stream: bool = False) -> Kernels:
     engine = compile_ir(kernel_ir(DTYPES[dtype], m, stream))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     best_fn = ctypes.CFUNCTYPE(None, ptr, ptr, i64, ptr, ptr, ptr)
+    best_in_fn = ctypes.CFUNCTYPE(None, ptr, ptr, i64, ptr, ptr, ptr, ptr, i64)
     return Kernels(
         best=best_fn(engine.get_function_address("best")),
+        best_in=best_in_fn(engine.get_function_address("best_in")),
         maxima=MAXIMA_FN(engine.get_function_address("maxima")),
         scores=MAXIMA_FN(engine.get_function_address("scores")),
         engine=engine,
