@@ -45,7 +45,7 @@ __all__ = [
     "kernel_ir",
     "maxima_ir",
     "prefetch",
-    "scores_ir",
+    "scores_in_ir",
     "shuffle",
     "tree",
     "word_slots",
@@ -111,7 +111,7 @@ def kernel_ir(el: str, m: int, stream: bool = False) -> str:
     pre, step = join_ir(prelude, lines, m, EL_BYTES[el], stream)
     lanes = [f"i64 {s}" for s in order]
     scans = _best_ir(pre, step, lanes) + _best_in_ir(pre, step, lanes) + maxima_ir(pre, step)
-    return scans + scores_ir(pre, step, order) + FMAX_DECL + PREFETCH_DECL
+    return scans + scores_in_ir(pre, step, order) + FMAX_DECL + PREFETCH_DECL
 
 
 def join_ir(
@@ -214,6 +214,26 @@ def _track_slots(lanes: list[str]) -> str:
   %bi1 = select {_B} %gt, {i} %idx, {i} %bi"""
 
 
+def _chunks_head(pre: str) -> str:
+    """The start of a scan over a list of nc chunks (`best_in`, `scores_in`): the prelude,
+    nothing to do when nc is 0, the list's place %ci."""
+    return f"""entry:
+  {pre}
+  %anyc = icmp sgt i64 %nc, 0
+  br i1 %anyc, label %chunk, label %exit
+chunk:
+  %ci = phi i64 [0, %entry], [%ci1, %next]"""
+
+
+# The slots [%lo, %hi) of the list's chunk %ci, below nb (`best_in`, `scores_in`).
+_CHUNK_SPAN = f"""%cp = getelementptr i64, ptr %chunks, i64 %ci
+  %c = load i64, ptr %cp, align 8
+  %lo = mul i64 %c, {CHUNK}
+  %hi0 = add i64 %lo, {CHUNK}
+  %cut = icmp slt i64 %nb, %hi0
+  %hi = select i1 %cut, i64 %nb, i64 %hi0"""
+
+
 def _best_in_ir(pre: str, step: str, lanes: list[str]) -> str:
     """`best_in(codes, inv, nb, q, out_values, out_slots, chunks, nc)`: `best` over the slots
     of nc CHUNK-slot chunks alone (chunks: their indices, int64, ascending), below nb, in one
@@ -223,20 +243,10 @@ def _best_in_ir(pre: str, step: str, lanes: list[str]) -> str:
     return f"""
 define void @best_in(ptr noalias %codes, ptr noalias %inv, i64 %nb, ptr noalias %q,
                      ptr %ov, ptr %oi, ptr noalias %chunks, i64 %nc) {{
-entry:
-  {pre}
-  %anyc = icmp sgt i64 %nc, 0
-  br i1 %anyc, label %chunk, label %exit
-chunk:
-  %ci = phi i64 [0, %entry], [%ci1, %next]
+{_chunks_head(pre)}
   %cv = phi {v} [splat (float {_NEG_INF}), %entry], [%nv, %next]
   %cx = phi {i} [splat (i64 -1), %entry], [%nx, %next]
-  %cp = getelementptr i64, ptr %chunks, i64 %ci
-  %c = load i64, ptr %cp, align 8
-  %lo = mul i64 %c, {CHUNK}
-  %hi0 = add i64 %lo, {CHUNK}
-  %cut = icmp slt i64 %nb, %hi0
-  %hi = select i1 %cut, i64 %nb, i64 %hi0
+  {_CHUNK_SPAN}
   %some = icmp slt i64 %lo, %hi
   br i1 %some, label %body, label %next
 body:
@@ -277,25 +287,39 @@ body:
   %bv = phi {v} [splat (float {_NEG_INF}), %entry], [%bv1, %body]"""
 
 
-def scores_ir(pre: str, step: str, order: list[int]) -> str:
-    """`scores(codes, inv, nb, q, out)`: every slot's score, out[i] for i in [0, nb), in slot
-    order (the step's lanes put back by the inverse of `order`): the scores `best` and
-    `maxima` compare, for ranking a few chunks (`onepass.top_of_chunks`)."""
+def scores_in_ir(pre: str, step: str, order: list[int]) -> str:
+    """`scores_in(codes, inv, nb, q, out, chunks, nc)`: every score of the slots below nb of
+    nc CHUNK-slot chunks (chunks: their indices, int64), chunk j's slot lo + r at out[j CHUNK
+    + r], in slot order (the step's lanes put back by the inverse of `order`): the scores
+    `best` compares, for ranking a few chunks in one call (`onepass.tops_of_chunks`)."""
     v = LANE_FLOATS
     back = [0] * LANES
     for lane, slot in enumerate(order):
         back[slot] = lane
     return f"""
-define void @scores(ptr noalias %codes, ptr noalias %inv, i64 %nb, ptr noalias %q,
-                    ptr noalias %os) {{
-{_loop_head(pre)}
+define void @scores_in(ptr noalias %codes, ptr noalias %inv, i64 %nb, ptr noalias %q,
+                       ptr noalias %os, ptr noalias %chunks, i64 %nc) {{
+{_chunks_head(pre)}
+  {_CHUNK_SPAN}
+  %at = mul i64 %ci, {CHUNK}
+  %some = icmp slt i64 %lo, %hi
+  br i1 %some, label %body, label %next
+body:
+  %i = phi i64 [%lo, %chunk], [%i1, %body]
+  %bv = phi {v} [splat (float {_NEG_INF}), %chunk], [%bv1, %body]
   {step}
   {shuffle("%sv", "%val", "poison", back, LANES)}
-  %sp = getelementptr float, ptr %os, i64 %i
+  %rel = sub i64 %i, %lo
+  %to = add i64 %at, %rel
+  %sp = getelementptr float, ptr %os, i64 %to
   store {v} %sv, ptr %sp, align 4
   %i1 = add nuw nsw i64 %i, {LANES}
-  %more = icmp slt i64 %i1, %nb
-  br i1 %more, label %body, label %exit
+  %more = icmp slt i64 %i1, %hi
+  br i1 %more, label %body, label %next
+next:
+  %ci1 = add nuw nsw i64 %ci, 1
+  %again = icmp slt i64 %ci1, %nc
+  br i1 %again, label %chunk, label %exit
 exit:
   ret void
 }}

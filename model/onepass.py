@@ -72,7 +72,7 @@ class Kernels(NamedTuple):
     best: Callable[[int, int, int, int, int, int], None]  # codes, inv, nb, q, values, slots
     best_in: Callable[..., None]  # the same, then chunks, nc: over those chunks alone
     maxima: Callable[[int, int, int, int, int], None]  # codes, inv, nb, q, chunk maxima
-    scores: Callable[[int, int, int, int, int], None]  # codes, inv, nb, q, every score
+    scores_in: Callable[..., None]  # codes, inv, nb, q, out, chunks, nc: those chunks' scores
     engine: object  # llvmlite's execution engine: the machine code lives as long as it does
 
 
@@ -217,28 +217,30 @@ def tops_of_chunks(
     width = max(p.size for p in picks) * CHUNK
     score = np.full((b, width), -np.inf, dtype=np.float32)
     rows = np.full((b, width), n, dtype=np.int64)
-    nb = n - n % LANES
-    scan = kernels(codes.dtype, m).scores
-    row, at_codes, at_inv = m * codes.element_size(), codes.data_ptr(), inv.data_ptr()
-    at_q, at_out, span = qs.data_ptr(), score.ctypes.data, np.arange(CHUNK)
-    for j, chunks in enumerate(picks):
-        rows[j, : chunks.size * CHUNK] = (chunks[:, None] * CHUNK + span).reshape(-1)
-        for a, c in enumerate(chunks.tolist()):
-            lo, hi = c * CHUNK, min(c * CHUNK + CHUNK, n)
-            out = j * width + a * CHUNK
-            if min(hi, nb) > lo:
-                scan(
-                    at_codes + lo * row,
-                    at_inv + 4 * lo,
-                    min(hi, nb) - lo,
-                    at_q + 4 * m * j,
-                    at_out + 4 * out,
-                )
-            if hi > nb:  # the tail, in the last chunk
-                tail = max(nb, lo)
-                score[j, a * CHUNK + tail - lo : a * CHUNK + hi - lo] = torch_scores(
-                    codes[tail:hi], qs[j], inv[tail:hi]
-                ).numpy()
+    nb, last = n - n % LANES, (n - 1) // CHUNK
+    scan = kernels(codes.dtype, m).scores_in
+    at_codes, at_inv, at_q, at_out = (
+        codes.data_ptr(),
+        inv.data_ptr(),
+        qs.data_ptr(),
+        score.ctypes.data,
+    )
+    span = np.arange(CHUNK)
+    for j, chunks in enumerate(picks):  # one call per query: its chunks' scores, CHUNK apart
+        picked = np.ascontiguousarray(chunks, dtype=np.int64)
+        rows[j, : picked.size * CHUNK] = (picked[:, None] * CHUNK + span).reshape(-1)
+        scan(
+            at_codes,
+            at_inv,
+            nb,
+            at_q + 4 * m * j,
+            at_out + 4 * j * width,
+            picked.ctypes.data,
+            picked.size,
+        )
+        if nb < n and picked.size and int(picked[-1]) == last:  # the tail, in the last chunk
+            at = (picked.size - 1) * CHUNK + nb - last * CHUNK
+            score[j, at : at + n - nb] = torch_scores(codes[nb:], qs[j], inv[nb:]).numpy()
     kth = np.partition(score, width - k, axis=1)[:, width - k]
     who, pos = np.nonzero(score >= kth[:, None])
     slots, values = rows[who, pos], score[who, pos]
@@ -287,11 +289,12 @@ def kernels(dtype: torch.dtype, m: int, stream: bool = False) -> Kernels:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     best_fn = ctypes.CFUNCTYPE(None, ptr, ptr, i64, ptr, ptr, ptr)
     best_in_fn = ctypes.CFUNCTYPE(None, ptr, ptr, i64, ptr, ptr, ptr, ptr, i64)
+    scores_in_fn = ctypes.CFUNCTYPE(None, ptr, ptr, i64, ptr, ptr, ptr, i64)
     return Kernels(
         best=best_fn(engine.get_function_address("best")),
         best_in=best_in_fn(engine.get_function_address("best_in")),
         maxima=MAXIMA_FN(engine.get_function_address("maxima")),
-        scores=MAXIMA_FN(engine.get_function_address("scores")),
+        scores_in=scores_in_fn(engine.get_function_address("scores_in")),
         engine=engine,
     )
 
