@@ -440,3 +440,27 @@ def test_every_slots_score_is_the_one_best_compares(dtype: torch.dtype, m: int) 
     slot, value = onepass.best(codes, q, inv, [0, 2])
     top = int(out.argmax())
     assert (top - c if top >= c else top + 2 * c, float(out.max())) == (slot, value)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_best_over_chunks_is_the_first_maximum_of_their_slots(dtype: torch.dtype) -> None:
+    """`best_in` in one call: the lanes' maxima carry across chunks, ties go to the lower
+    slot (an exact copy of the best code in a later chunk does not win), and the last chunk
+    keeps its N % 16 tail."""
+    g = torch.Generator().manual_seed(21)
+    n, c = 5 * onepass.CHUNK + 7, onepass.CHUNK
+    codes = _codes(n, 16, dtype, g)
+    q = torch.randn(16, generator=g)
+    scores = (codes.to(torch.float32) @ q) / codes.to(torch.float32).norm(dim=1)
+    top = codes[int(scores.argmax())].clone()
+    codes[1 * c + 300] = top  # the best code, copied into chunks 1 and 4: a tie across them
+    codes[4 * c + 100] = top
+    inv = 1.0 / codes.to(torch.float32).norm(dim=1)
+    for chunks in ([1, 3], [0, 5], [5], [2, 3, 4], [1, 4], [4, 5], []):
+        slot, value = onepass.best(codes, q, inv, chunks)
+        rows = [s for ch in chunks for s in range(ch * c, min(ch * c + c, n))]
+        if not rows:
+            assert (slot, value) == (-1, -math.inf)
+            continue
+        whole, _ = onepass.best(codes[rows].contiguous(), q, inv[rows].contiguous())
+        assert slot == rows[whole]
