@@ -243,7 +243,8 @@ def maxima_many(codes: Tensor, qs: Tensor, inv: Tensor) -> np.ndarray:
         part = q[at : at + w]
         qt = np.zeros((m, w), dtype=np.float32)
         qt[:, : part.shape[0]] = part.T
-        got = np.empty((chunks, w), dtype=np.float32)
+        # -inf where the kernel writes nothing: a last chunk holding only the N % STEP tail
+        got = np.full((chunks, w), -np.inf, dtype=np.float32)
         if nb:
             kernel(codes.dtype, m, w).maxima(
                 codes.data_ptr(),
@@ -253,8 +254,6 @@ def maxima_many(codes: Tensor, qs: Tensor, inv: Tensor) -> np.ndarray:
                 got.ctypes.data,
                 scratch.ctypes.data,
             )
-        else:
-            got.fill(-np.inf)
         out[:, at : at + part.shape[0]] = got[:, : part.shape[0]]
         at += w
     if nb < n:  # the last N % STEP slots: in the last chunk

@@ -47,9 +47,10 @@ def test_query_groups_are_sixteen_then_eight() -> None:
 @pytest.mark.parametrize("m", [3, 16, 40, 48])  # 40: groups of 16, 16 and 8 dimensions
 def test_chunk_maxima_equal_torch_for_every_group_and_tail(dtype: torch.dtype, m: int) -> None:
     """One maximum per CHUNK slots and query, the last chunk short and holding the N % STEP
-    tail; groups of 8 and 16 queries, padded lanes dropped; a bank smaller than one step."""
+    tail (or only the tail); groups of 8 and 16 queries, padded lanes dropped; a bank smaller
+    than one step."""
     g = torch.Generator().manual_seed(m)
-    for n in (5 * CHUNK + 13, 5):
+    for n in (5 * CHUNK + 13, 3 * CHUNK + 5, 5):  # 3 CHUNK + 5: a last chunk of tail alone
         codes = _codes(n, m, dtype, g)
         inv = _inv(codes)
         for b in (2, 8, 9, 17, 40):
