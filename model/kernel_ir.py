@@ -187,21 +187,34 @@ def _best_ir(pre: str, step: str, lanes: list[str]) -> str:
     return f"""
 define void @best(ptr noalias %codes, ptr noalias %inv, i64 %nb, ptr noalias %q,
                   ptr %ov, ptr %oi) {{
-{_loop_head(pre)}
+entry:
+  {pre}
+  %any = icmp sgt i64 %nb, 0
+  br i1 %any, label %body, label %exit
+body:
+  %i = phi i64 [0, %entry], [%i1, %body]
+  %bv = phi {v} [splat (float {_NEG_INF}), %entry], [%bv1, %body]
   %bi = phi {i} [splat (i64 -1), %entry], [%bi1, %body]
   {step}
   {_track_slots(lanes)}
   %i1 = add nuw nsw i64 %i, {LANES}
   %more = icmp slt i64 %i1, %nb
   br i1 %more, label %body, label %exit
-exit:
-  %fv = phi {v} [splat (float {_NEG_INF}), %entry], [%bv1, %body]
-  %fi = phi {i} [splat (i64 -1), %entry], [%bi1, %body]
-  store {v} %fv, ptr %ov, align 4
-  store {i} %fi, ptr %oi, align 8
-  ret void
+{_lanes_out("%bv1", "%bi1", "%body")}
 }}
 """
+
+
+def _lanes_out(values: str, slots: str, after: str) -> str:
+    """The end of `best` and `best_in`: each lane's maximum and its slot (the values and slots
+    coming from block `after`; -inf and -1 when no step ran) stored at %ov and %oi."""
+    v, i = LANE_FLOATS, _I
+    return f"""exit:
+  %fv = phi {v} [splat (float {_NEG_INF}), %entry], [{values}, {after}]
+  %fi = phi {i} [splat (i64 -1), %entry], [{slots}, {after}]
+  store {v} %fv, ptr %ov, align 4
+  store {i} %fi, ptr %oi, align 8
+  ret void"""
 
 
 def _track_slots(lanes: list[str]) -> str:
@@ -264,27 +277,9 @@ next:
   %ci1 = add nuw nsw i64 %ci, 1
   %again = icmp slt i64 %ci1, %nc
   br i1 %again, label %chunk, label %exit
-exit:
-  %fv = phi {v} [splat (float {_NEG_INF}), %entry], [%nv, %next]
-  %fi = phi {i} [splat (i64 -1), %entry], [%nx, %next]
-  store {v} %fv, ptr %ov, align 4
-  store {i} %fi, ptr %oi, align 8
-  ret void
+{_lanes_out("%nv", "%nx", "%next")}
 }}
 """
-
-
-def _loop_head(pre: str) -> str:
-    """The start of a scan that is one loop over all its steps (`best`, `scores`): the
-    prelude, no step when nb is 0, the step's slot %i and the running lane maxima %bv."""
-    v = LANE_FLOATS
-    return f"""entry:
-  {pre}
-  %any = icmp sgt i64 %nb, 0
-  br i1 %any, label %body, label %exit
-body:
-  %i = phi i64 [0, %entry], [%i1, %body]
-  %bv = phi {v} [splat (float {_NEG_INF}), %entry], [%bv1, %body]"""
 
 
 def scores_in_ir(pre: str, step: str, order: list[int]) -> str:

@@ -66,7 +66,6 @@ def many_ir(el: str, m: int, w: int) -> str:
     vec = f"<{w} x float>"
     wide = el != "float"
     parts = groups(m) if wide else [list(range(m))]
-    fma, maxnum = f"@llvm.fma.v{w}f32", f"@llvm.maxnum.v{w}f32"
     lines = [
         "entry:",
         f"  %acc = getelementptr float, ptr %scratch, i64 {BLOCK * m}",
@@ -87,91 +86,10 @@ def many_ir(el: str, m: int, w: int) -> str:
         f"  br label %{'widen' if wide else 'g0pre'}",
     ]
     if wide:
-        cast = "sitofp" if el == "i8" else "fpext"
-        lines += [
-            "widen:",
-            "  %u = phi i64 [%blo, %block], [%u1, %widen]",
-            f"  %uo = mul i64 %u, {m}",
-            f"  %up = getelementptr {el}, ptr %codes, i64 %uo",
-            f"  %uv = load <{m} x {el}>, ptr %up, align 1",
-            f"  %uf = {cast} <{m} x {el}> %uv to <{m} x float>",
-            "  %ur = sub i64 %u, %blo",
-            f"  %uro = mul i64 %ur, {m}",
-            "  %uq = getelementptr float, ptr %scratch, i64 %uro",
-            f"  store <{m} x float> %uf, ptr %uq, align 4",
-            "  %u1 = add nuw nsw i64 %u, 1",
-            "  %umore = icmp slt i64 %u1, %bhi",
-            "  br i1 %umore, label %widen, label %g0pre",
-        ]
+        lines += _widen_ir(el, m)
     last = len(parts) - 1
     for g, dims in enumerate(parts):
-        p = f"g{g}"
-        lines.append(f"{p}pre:")
-        for j in dims:
-            lines += [
-                f"  %{p}qp{j} = getelementptr float, ptr %qt, i64 {j * w}",
-                f"  %{p}qt{j} = load {vec}, ptr %{p}qp{j}, align 4",
-            ]
-        lines += [f"  br label %{p}", f"{p}:", f"  %{p}i = phi i64 [%blo, %{p}pre], [%{p}i1, %{p}]"]
-        if g == last:
-            lines.append(f"  %{p}bv = phi {vec} [%bvb, %{p}pre], [%{p}bvn, %{p}]")
-        scores = []
-        for t in range(STEP):
-            x = f"%{p}_{t}"
-            lines += [f"  {x}s = add i64 %{p}i, {t}", f"  {x}r = sub i64 {x}s, %blo"]
-            if wide:  # the slot's place in scratch
-                lines.append(f"  {x}o = mul i64 {x}r, {m}")
-            else:
-                lines.append(f"  {x}o = mul i64 {x}s, {m}")
-            lines += [
-                f"  {x}ep = getelementptr float, ptr {'%scratch' if wide else '%codes'}, i64 {x}o",
-                f"  {x}ao = mul i64 {x}r, {w}",
-                f"  {x}ap = getelementptr float, ptr %acc, i64 {x}ao",
-            ]
-            acc = ""
-            if g > 0:  # the sums of the groups before
-                lines.append(f"  {x}a0 = load {vec}, ptr {x}ap, align 4")
-                acc = f"{x}a0"
-            for j in dims:  # a scalar load: the multiply-add's broadcast operand
-                n = f"{x}_{j}"
-                lines += [
-                    f"  {n}eq = getelementptr float, ptr {x}ep, i64 {j}",
-                    f"  {n}e = load float, ptr {n}eq, align 4",
-                    f"  {n}i = insertelement {vec} poison, float {n}e, i64 0",
-                    f"  {n}b = shufflevector {vec} {n}i, {vec} poison, <{w} x i32> zeroinitializer",
-                    f"  {n}a = call {vec} {fma}({vec} {n}b, {vec} %{p}qt{j}, {vec} {acc})"
-                    if acc
-                    else f"  {n}a = fmul {vec} {n}b, %{p}qt{j}",
-                ]
-                acc = f"{n}a"
-            if g < last:
-                lines.append(f"  store {vec} {acc}, ptr {x}ap, align 4")
-                continue
-            lines += [
-                f"  {x}vp = getelementptr float, ptr %inv, i64 {x}s",
-                f"  {x}vs = load float, ptr {x}vp, align 4",
-                f"  {x}vi = insertelement {vec} poison, float {x}vs, i64 0",
-                f"  {x}vb = shufflevector {vec} {x}vi, {vec} poison, <{w} x i32> zeroinitializer",
-                f"  {x}x = fmul {vec} {acc}, {x}vb",
-            ]
-            scores.append(f"{x}x")
-        if g == last:  # a tree of maxima, the running one last
-            names, level = [*scores, f"%{p}bv"], 0
-            while len(names) > 1:
-                nxt = []
-                for a in range(0, len(names) - 1, 2):
-                    name = f"%{p}mx{level}_{a}" if len(names) > 2 else f"%{p}bvn"
-                    lines.append(
-                        f"  {name} = call {vec} {maxnum}({vec} {names[a]}, {vec} {names[a + 1]})"
-                    )
-                    nxt.append(name)
-                names, level = nxt + names[len(names) - len(names) % 2 :], level + 1
-        after = f"g{g + 1}pre" if g < last else "bnext"
-        lines += [
-            f"  %{p}i1 = add nuw nsw i64 %{p}i, {STEP}",
-            f"  %{p}more = icmp slt i64 %{p}i1, %bhi",
-            f"  br i1 %{p}more, label %{p}, label %{after}",
-        ]
+        lines += _group_ir(g, dims, g == last, m, w, wide)
     lines += [
         "bnext:",
         f"  %bvb1 = phi {vec} [%g{last}bvn, %g{last}]",
@@ -194,9 +112,110 @@ define void @many(ptr noalias %codes, ptr noalias %inv, i64 %nb, ptr noalias %qt
 {body}
 }}
 
-declare {vec} {fma}({vec}, {vec}, {vec})
-declare {vec} {maxnum}({vec}, {vec})
+declare {vec} @llvm.fma.v{w}f32({vec}, {vec}, {vec})
+declare {vec} @llvm.maxnum.v{w}f32({vec}, {vec})
 """
+
+
+def _widen_ir(el: str, m: int) -> list[str]:
+    """`many`'s block widening: the block's codes [%blo, %bhi) as float32 rows in scratch."""
+    cast = "sitofp" if el == "i8" else "fpext"
+    return [
+        "widen:",
+        "  %u = phi i64 [%blo, %block], [%u1, %widen]",
+        f"  %uo = mul i64 %u, {m}",
+        f"  %up = getelementptr {el}, ptr %codes, i64 %uo",
+        f"  %uv = load <{m} x {el}>, ptr %up, align 1",
+        f"  %uf = {cast} <{m} x {el}> %uv to <{m} x float>",
+        "  %ur = sub i64 %u, %blo",
+        f"  %uro = mul i64 %ur, {m}",
+        "  %uq = getelementptr float, ptr %scratch, i64 %uro",
+        f"  store <{m} x float> %uf, ptr %uq, align 4",
+        "  %u1 = add nuw nsw i64 %u, 1",
+        "  %umore = icmp slt i64 %u1, %bhi",
+        "  br i1 %umore, label %widen, label %g0pre",
+    ]
+
+
+def _group_ir(g: int, dims: list[int], last: bool, m: int, w: int, wide: bool) -> list[str]:
+    """`many`'s loop over the block's steps for dimension group g (`dims`): its query vectors
+    loaded once, then per slot of the step the sums of the groups before (from scratch, g > 0),
+    one multiply-add per dimension, and the sums stored back, or, in the last group, times the
+    inverse norm into the tree of maxima that ends in %g{g}bvn."""
+    vec, p = f"<{w} x float>", f"g{g}"
+    fma = f"@llvm.fma.v{w}f32"
+    lines = [f"{p}pre:"]
+    for j in dims:
+        lines += [
+            f"  %{p}qp{j} = getelementptr float, ptr %qt, i64 {j * w}",
+            f"  %{p}qt{j} = load {vec}, ptr %{p}qp{j}, align 4",
+        ]
+    lines += [f"  br label %{p}", f"{p}:", f"  %{p}i = phi i64 [%blo, %{p}pre], [%{p}i1, %{p}]"]
+    if last:
+        lines.append(f"  %{p}bv = phi {vec} [%bvb, %{p}pre], [%{p}bvn, %{p}]")
+    scores = []
+    for t in range(STEP):
+        x = f"%{p}_{t}"
+        lines += [f"  {x}s = add i64 %{p}i, {t}", f"  {x}r = sub i64 {x}s, %blo"]
+        # the slot's place: in scratch (widened) or in the codes
+        lines.append(f"  {x}o = mul i64 {x}r, {m}" if wide else f"  {x}o = mul i64 {x}s, {m}")
+        lines += [
+            f"  {x}ep = getelementptr float, ptr {'%scratch' if wide else '%codes'}, i64 {x}o",
+            f"  {x}ao = mul i64 {x}r, {w}",
+            f"  {x}ap = getelementptr float, ptr %acc, i64 {x}ao",
+        ]
+        acc = ""
+        if g > 0:  # the sums of the groups before
+            lines.append(f"  {x}a0 = load {vec}, ptr {x}ap, align 4")
+            acc = f"{x}a0"
+        for j in dims:  # a scalar load: the multiply-add's broadcast operand
+            n = f"{x}_{j}"
+            lines += [
+                f"  {n}eq = getelementptr float, ptr {x}ep, i64 {j}",
+                f"  {n}e = load float, ptr {n}eq, align 4",
+                *_splat(f"{n}i", f"{n}b", f"{n}e", w),
+                f"  {n}a = call {vec} {fma}({vec} {n}b, {vec} %{p}qt{j}, {vec} {acc})"
+                if acc
+                else f"  {n}a = fmul {vec} {n}b, %{p}qt{j}",
+            ]
+            acc = f"{n}a"
+        if not last:
+            lines.append(f"  store {vec} {acc}, ptr {x}ap, align 4")
+            continue
+        lines += [
+            f"  {x}vp = getelementptr float, ptr %inv, i64 {x}s",
+            f"  {x}vs = load float, ptr {x}vp, align 4",
+            *_splat(f"{x}vi", f"{x}vb", f"{x}vs", w),
+            f"  {x}x = fmul {vec} {acc}, {x}vb",
+        ]
+        scores.append(f"{x}x")
+    if last:  # a tree of maxima, the running one last
+        names, level = [*scores, f"%{p}bv"], 0
+        while len(names) > 1:
+            nxt = []
+            for a in range(0, len(names) - 1, 2):
+                name = f"%{p}mx{level}_{a}" if len(names) > 2 else f"%{p}bvn"
+                lines.append(
+                    f"  {name} = call {vec} @llvm.maxnum.v{w}f32({vec} {names[a]}, "
+                    f"{vec} {names[a + 1]})"
+                )
+                nxt.append(name)
+            names, level = nxt + names[len(names) - len(names) % 2 :], level + 1
+    lines += [
+        f"  %{p}i1 = add nuw nsw i64 %{p}i, {STEP}",
+        f"  %{p}more = icmp slt i64 %{p}i1, %bhi",
+        f"  br i1 %{p}more, label %{p}, label %{'bnext' if last else f'g{g + 1}pre'}",
+    ]
+    return lines
+
+
+def _splat(inserted: str, name: str, value: str, w: int) -> list[str]:
+    """name = the float value in all w lanes (insert, then a zero-mask shuffle: a broadcast)."""
+    vec = f"<{w} x float>"
+    return [
+        f"  {inserted} = insertelement {vec} poison, float {value}, i64 0",
+        f"  {name} = shufflevector {vec} {inserted}, {vec} poison, <{w} x i32> zeroinitializer",
+    ]
 
 
 def groups(m: int) -> list[list[int]]:

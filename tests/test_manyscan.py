@@ -95,8 +95,8 @@ def _near_twins(n: int, m: int, g: torch.Generator) -> tuple[torch.Tensor, torch
     for f in range(24):
         for j in range(6):
             code = base[f].copy()
-            for _ in range(3):
-                moved = steps[f, j] > _
+            for ulp in range(3):  # component i moves up steps[f, j, i] ulps
+                moved = steps[f, j] > ulp
                 code[moved] = np.nextafter(code[moved], np.float32(np.inf))
             codes[(2, 13, 27)[j % 3] * CHUNK + 20 * f + j // 3] = code
     qs = torch.from_numpy(base) + 1e-3 * torch.randn(24, m, generator=g)
