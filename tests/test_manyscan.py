@@ -178,3 +178,30 @@ def test_ties_at_the_kth_place_go_to_the_lower_slots() -> None:
         assert single is not None and sorted(single.tolist()) == want
         many = manyscan.top_many(codes, qs, inv, k, 1.0)
         assert many is not None and [sorted(r) for r in many.tolist()] == [want, want]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_query_keeping_many_chunks_ranks_the_batch_as_single_scans(dtype: torch.dtype) -> None:
+    """One query's best code copied into 14 chunks (the last, with its N % LANES tail,
+    among them), the other queries' top k in a few chunks each: the batch's queries keep
+    different numbers of chunks, and each one's slots are still the single scan's, the
+    copies by lower slot, and the exact top k of torch's scores."""
+    g = torch.Generator().manual_seed(5)
+    n, m = 90 * CHUNK + 37, 16
+    codes = _codes(n, m, dtype, g)
+    copies = [c * 6 * CHUNK + 11 * c for c in range(13)] + [n - 2]
+    codes[copies] = codes[copies[0]].clone()
+    inv = _inv(codes)
+    others = _unit(6, m, g)  # the copies' query third: its slot 0 starts its scores' run
+    qs = torch.cat([others[:2], codes[copies[:1]].float(), others[2:]])
+    qs = torch.nn.functional.normalize(qs, dim=1)
+    for k in (3, 10):
+        many = manyscan.top_many(codes, qs, inv, k, 1.0)
+        assert many is not None and many.shape == (7, k)
+        assert many[2].tolist() == sorted(copies)[:k]
+        exact = (codes.double() @ qs.double().T) * inv.double()[:, None]  # (n, 7)
+        for j, q in enumerate(qs):
+            single = onepass.top(codes, q, inv, k, 1.0)
+            assert single is not None and many[j].tolist() == single.tolist()
+            if j != 2:  # random codes: no near ties among the top k
+                assert many[j].tolist() == exact[:, j].topk(k).indices.tolist()
