@@ -10,10 +10,15 @@ folder, MT_SNAPSHOT_EVERY_S=0) with a FULL bank of N slots (MT_CAPACITY=N, fille
 /write mode "each" in batches of 1000 random [0, 1] items, so every write in the run evicts),
 and bench/hello_app.py under the same uvicorn settings (one worker, loop and http "auto", the
 same log level, the access log off as MT_ACCESS_LOG's default has it). `wrk` loads both, one
-target at a time, for S seconds per cell at 1, 16 and 64 connections; the cells run interleaved
-(all targets at 1 connection, then all at 16, ...) and the hello-world GET is measured twice per
+target at a time, for S seconds per cell at 1, 16 and 64 connections, in two phases: reads,
+then writes. Within a phase the cells run interleaved (all its targets at 1 connection, then
+all at 16, ...) with the hello-world targets, and the hello-world GET is measured twice per
 connection count, so a busy neighbour skews a target and its yardstick alike and the drift
-between the two shows how noisy the machine was. **read** is the plain one-stage read
+between the two shows how noisy the machine was. Reads go first so that they search the bank
+as filled, N distinct items: the write cells cycle a few dozen request bodies, so they leave
+thousands of exact copies of the same 576 items (most of a 10k bank), and until 2026-12-03,
+when every read cell at 16 and 64 connections ran after the write cells of the level before
+(and the warm-up's), the reads were measured on those copies. **read** is the plain one-stage read
 (`"rescore": 0`); each bank is also read with R = 3, 10, 32 and 100 candidates rescored on
 their reconstructions (`"rescore": R`, issue 12; 3 is what MT_RESCORE=auto, the default, gives
 an image codec), reported against its plain read.
@@ -483,7 +488,7 @@ def render(report: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "Yardstick drift (second hello GET sync over the first, same connections): "
+        "Yardstick drift (second hello GET sync over the first, same phase and connections): "
         + ", ".join(f"{k} conns {v:.2f}" for k, v in report["drift"].items())
         + ".",
         "",
@@ -514,6 +519,53 @@ def render(report: dict[str, Any]) -> str:
             f"{g['hello_get_p99_ms']:.1f} ms)"
         )
     return "\n".join(lines) + "\n"
+
+
+def run_phase(
+    phase: str,
+    targets: list[Target],
+    conns_levels: list[int],
+    seconds: float,
+    client_cpus: str | None,
+    tmp: Path,
+    report: dict[str, Any],
+    drift: dict[str, float],
+) -> None:
+    """One phase's cells (targets[0]: the hello GET yardstick, measured again at the end of
+    each connection count), appended to report["cells"]; drift[f"{phase}, {conns}"]."""
+    for conns in conns_levels:
+        group: list[tuple[Target, dict[str, Any]]] = []
+        for t in [*targets, targets[0]]:  # the yardstick again at the end: drift
+            group.append((t, run_wrk(t.server, t.endpoint, conns, seconds, client_cpus, tmp)))
+        first, again = group[0][1], group[-1][1]
+        drift[f"{phase}, {conns}"] = again["req_s"] / first["req_s"]
+        ref = statistics.mean([first["req_s"], again["req_s"]])
+        echo = next(r for t, r in group if t.endpoint.path == "/echo")
+        ref_cpu = statistics.mean([first["server_cpu_us_per_req"], again["server_cpu_us_per_req"]])
+        for i, (t, r) in enumerate(group):
+            cell = {
+                "target": t.key + (" (again)" if i == len(group) - 1 else ""),
+                "phase": phase,
+                "kind": t.kind,
+                "endpoint": t.endpoint.label,
+                "bank": t.bank,
+                "fsync": t.fsync,
+                "batch": t.batch,
+                "conns": conns,
+                **r,
+                "x_hello_get": r["req_s"] / ref,
+                "x_echo": r["req_s"] / echo["req_s"],
+                "cpu_x_hello_get": r["server_cpu_us_per_req"] / ref_cpu,
+                "cpu_x_echo": r["server_cpu_us_per_req"] / echo["server_cpu_us_per_req"],
+            }
+            report["cells"].append(cell)
+            print(
+                f"| {cell['target']:<28} | {conns:>5} | {r['req_s']:>8,.0f} "
+                f"| {r['p50_ms']:>6.2f} | {r['p99_ms']:>6.2f} "
+                f"| {r['server_cpu_us_per_req']:>10,.0f} | {cell['x_hello_get']:>5.2f} "
+                f"| {cell['x_echo']:>6.2f} | {r['errors'] or '':>3} |",
+                flush=True,
+            )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -587,7 +639,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "wrk": "1 thread, --timeout 10s",
         },
         "fills": [],
-        "cells": [],
+        "cells": [],  # "phase": reads or writes
     }
     with tempfile.TemporaryDirectory(prefix="mt-bench-http-") as tmp_name:
         tmp = Path(tmp_name)
@@ -631,21 +683,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             report["d"] = d
 
             reads = tuple(read_bodies(d, 64, seed=1, rescore=0))  # the plain, one-stage read
-            targets: list[Target] = [
+            yardsticks: list[Target] = [
                 Target(hello, Endpoint("hello GET sync", "GET", "/sync"), "hello"),
                 Target(hello, Endpoint("hello GET async", "GET", "/async"), "hello"),
                 Target(hello, Endpoint("hello echo", "POST", "/echo", reads), "hello"),
             ]
+            phases: dict[str, list[Target]] = {"reads": [*yardsticks], "writes": [*yardsticks]}
             for (n, fsync), s in banks.items():
                 if fsync == "off":
-                    targets.append(
+                    phases["reads"].append(
                         Target(s, Endpoint("read", "POST", "/read", reads), "service", n, fsync)
                     )
                     for cands in RESCORES:  # the same queries, R candidates rescored
                         ep = Endpoint(
                             f"read R={cands}", "POST", "/read", tuple(read_bodies(d, 64, 1, cands))
                         )
-                        targets.append(Target(s, ep, "service", n, fsync))
+                        phases["reads"].append(Target(s, ep, "service", n, fsync))
                 for b in (1, 32):
                     ep = Endpoint(
                         f"write x{b}",
@@ -653,57 +706,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "/write",
                         tuple(write_bodies(d, b, 64 if b == 1 else 16, seed=2 + b)),
                     )
-                    targets.append(Target(s, ep, "service", n, fsync, b))
+                    phases["writes"].append(Target(s, ep, "service", n, fsync, b))
             report["sizes"] = {}
-            for t in targets:
-                sizes_t = check_answers(t, d)
+            for t in [*phases["reads"], *phases["writes"][len(yardsticks) :]]:
+                sizes_t = check_answers(t, d)  # (a write check writes a few items: distinct)
                 report["sizes"].setdefault(t.endpoint.label.removeprefix("hello "), sizes_t)
-            print(f"warming up {len(targets)} targets ...", flush=True)
-            for t in targets:
-                run_wrk(t.server, t.endpoint, 16, warm_s, client_cpus, tmp)
 
             header = (
                 f"| {'target':<28} | conns | {'req/s':>8} | p50 ms | p99 ms | CPU µs/req "
                 "| x GET | x echo | err |"
             )
-            print(header + "\n|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-            drift: dict[int, float] = {}
-            for conns in conns_levels:
-                group: list[tuple[Target, dict[str, Any]]] = []
-                for t in [*targets, targets[0]]:  # the yardstick again at the end: drift
-                    group.append(
-                        (t, run_wrk(t.server, t.endpoint, conns, seconds, client_cpus, tmp))
-                    )
-                first, again = group[0][1], group[-1][1]
-                drift[conns] = again["req_s"] / first["req_s"]
-                ref = statistics.mean([first["req_s"], again["req_s"]])
-                echo = next(r for t, r in group if t.endpoint.path == "/echo")
-                ref_cpu = statistics.mean(
-                    [first["server_cpu_us_per_req"], again["server_cpu_us_per_req"]]
+            drift: dict[str, float] = {}
+            for phase, targets in phases.items():
+                print(f"{phase}: warming up {len(targets)} targets ...", flush=True)
+                for t in targets:
+                    run_wrk(t.server, t.endpoint, 16, warm_s, client_cpus, tmp)
+                print(
+                    header + "\n|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|"
                 )
-                for i, (t, r) in enumerate(group):
-                    cell = {
-                        "target": t.key + (" (again)" if i == len(group) - 1 else ""),
-                        "kind": t.kind,
-                        "endpoint": t.endpoint.label,
-                        "bank": t.bank,
-                        "fsync": t.fsync,
-                        "batch": t.batch,
-                        "conns": conns,
-                        **r,
-                        "x_hello_get": r["req_s"] / ref,
-                        "x_echo": r["req_s"] / echo["req_s"],
-                        "cpu_x_hello_get": r["server_cpu_us_per_req"] / ref_cpu,
-                        "cpu_x_echo": r["server_cpu_us_per_req"] / echo["server_cpu_us_per_req"],
-                    }
-                    report["cells"].append(cell)
-                    print(
-                        f"| {cell['target']:<28} | {conns:>5} | {r['req_s']:>8,.0f} "
-                        f"| {r['p50_ms']:>6.2f} | {r['p99_ms']:>6.2f} "
-                        f"| {r['server_cpu_us_per_req']:>10,.0f} | {cell['x_hello_get']:>5.2f} "
-                        f"| {cell['x_echo']:>6.2f} | {r['errors'] or '':>3} |",
-                        flush=True,
-                    )
+                run_phase(phase, targets, conns_levels, seconds, client_cpus, tmp, report, drift)
             report["drift"] = drift
             report["server_logs_errors"] = {
                 s.name: [x for x in s.log_tail(200).splitlines() if "ERROR" in x][-5:]
