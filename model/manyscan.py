@@ -285,9 +285,10 @@ def top_many(codes: Tensor, qs: Tensor, inv: Tensor, k: int, bound: float) -> Te
     """The slots (B, k) of each query's k largest (qs[b] . codes[i]) * inv[i], best first:
     exactly what B single reads answer (`onepass.best` for k = 1, `onepass.top` for k > 1),
     since the chunks kept reach the best (k = 1) or k-th best chunk maximum less the rounding
-    `margin` (bound: as there) and are ranked on the single scans' scores. None when a query's
-    top k would need more than a quarter of the bank scored again (ties, free slots at 0; k *
-    CHUNK near N): then the caller reads query by query."""
+    `margin` (bound: as there) and are ranked on the single scans' scores. A query whose top k
+    would need more than a quarter of the bank scored again (ties: an item copied across the
+    bank, free slots at 0) gets a row of -1, for the caller to read alone; None when every
+    query does, or when k * CHUNK is near N."""
     n, m = codes.shape
     if k > 1 and 4 * k * CHUNK > n:
         return None
@@ -298,12 +299,14 @@ def top_many(codes: Tensor, qs: Tensor, inv: Tensor, k: int, bound: float) -> Te
         kth = np.partition(tops, tops.shape[0] - k, axis=0)[tops.shape[0] - k]
     floor = (kth - margin(m, bound))[:, None]  # (B, 1)
     keep = np.greater_equal(tops.T, floor)  # (B, chunks): may hold a top-k slot
-    if 4 * int(keep.sum(axis=1).max()) * CHUNK > n:
+    ok = 4 * keep.sum(axis=1) * CHUNK <= n  # (B,): the others would rescan most of the bank
+    if not ok.any():
         return None
-    picks = [np.flatnonzero(row) for row in keep]
+    out = np.full((len(keep), k), -1, dtype=np.int64)
+    picks = [np.flatnonzero(row) for row in keep[ok]]
     if k > 1:
-        return torch.from_numpy(tops_of_chunks(codes, qs, inv, picks, k))
-    out = np.empty((len(picks), 1), dtype=np.int64)
-    for j, chunks in enumerate(picks):  # one `best_in` call each, however many chunks tie
+        out[ok] = tops_of_chunks(codes, qs[torch.from_numpy(ok)], inv, picks, k)
+        return torch.from_numpy(out)
+    for j, chunks in zip(np.flatnonzero(ok), picks, strict=True):  # one `best_in` call each
         out[j, 0], _ = best(codes, qs[j], inv, chunks)
     return torch.from_numpy(out)

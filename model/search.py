@@ -260,7 +260,12 @@ def _candidates(
     fused = zero_free and decode is None and _fused(codes)
     if fused and b >= manyscan.MANY_MIN[codes.dtype]:
         found = manyscan.top_many(codes, qs, inv, k, COSINE_BOUND)  # one pass per 16 queries
-        if found is not None and allowed.numpy()[found.numpy()].all():  # else a free slot won
+        if found is not None:  # rows the batch gave up on, or where a free slot won: alone
+            f = found.numpy()
+            alone = (f < 0).any(axis=1) | ~allowed.numpy()[np.maximum(f, 0)].all(axis=1)
+            for row in np.flatnonzero(alone).tolist():
+                q = qs[row]
+                found[row] = _single(q, codes, inv, allowed, k, block, True, None, dot, spread)[0]
             return found
     if b == 1 or fused:  # one pass per query: the same answer
         one = [

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from model import manyscan, onepass
+from model import manyscan, onepass, search
 from model.bank import MemoryBank
 
 DTYPES = [torch.int8, torch.float16, torch.float32]
@@ -205,3 +205,47 @@ def test_a_query_keeping_many_chunks_ranks_the_batch_as_single_scans(dtype: torc
             assert single is not None and many[j].tolist() == single.tolist()
             if j != 2:  # random codes: no near ties among the top k
                 assert many[j].tolist() == exact[:, j].topk(k).indices.tolist()
+
+
+def test_a_query_whose_copies_fill_most_chunks_is_read_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One query's best code copied into 12 of 20 chunks: `top_many` gives up on that row
+    alone (-1), answers the others as single scans do, and a bank batch reads only that query
+    by itself; every row of the batch equals its single read."""
+    g = torch.Generator().manual_seed(6)
+    n, m = 20 * CHUNK, 16
+    codes = _codes(n, m, torch.float32, g)
+    copies = [c * CHUNK + 7 for c in range(0, 20, 2)] + [CHUNK + 9, 3 * CHUNK + 9]
+    codes[copies] = codes[copies[0]].clone()
+    inv = _inv(codes)
+    others = _unit(5, m, g)
+    qs = torch.nn.functional.normalize(torch.cat([others[:2], codes[7:8], others[2:]]))
+    for k in (1, 3):
+        many = manyscan.top_many(codes, qs, inv, k, 1.0)
+        assert many is not None and many[2].tolist() == [-1] * k
+        for j in (0, 1, 3, 4, 5):
+            want = (
+                [onepass.best(codes, qs[j], inv)[0]]
+                if k == 1
+                else onepass.top(codes, qs[j], inv, k, 1.0)
+            )
+            assert want is not None and many[j].tolist() == list(want)
+    alone: list[int] = []
+    real = search._single
+
+    def spy(q: torch.Tensor, *args: object) -> torch.Tensor:
+        alone.append(int(torch.argmax(qs @ q)))  # which query
+        return real(q, *args)  # type: ignore[arg-type]
+
+    bank = MemoryBank(n, m)
+    bank.assign(torch.arange(n), codes)
+    monkeypatch.setattr(search, "_single", spy)
+    for k in (1, 3):
+        singles = [bank.search(q.unsqueeze(0), k) for q in qs]
+        alone.clear()
+        slots, scores = bank.search(qs, k)
+        assert alone == [2]
+        assert slots[2].tolist() == sorted(copies)[:k]
+        assert torch.equal(slots, torch.cat([s for s, _ in singles]))
+        assert torch.equal(scores, torch.cat([s for _, s in singles]))
