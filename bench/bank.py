@@ -45,6 +45,10 @@ from model.search import inverse_norms, search
 
 ROOT = Path(__file__).resolve().parents[1]
 # Shipped codecs whose default storage is packed rate codes (weights/README.md)
+COPIES_HEADER = (  # the exact-copies table's columns, printed and rendered
+    "| N | items x copies | k | bank ms (median) | bank ms (slowest) | slowest / median "
+    "| faiss ms | faiss / bank |"
+)
 RATE_FILES = ("minilm-text-m192-rate", "mnist-m256-rate", "mnist-m384-rate")
 
 
@@ -105,13 +109,20 @@ def make_bank(n: int, m: int, seed: int) -> MemoryBank:
     return bank
 
 
+def flat_index(bank: MemoryBank) -> Any:
+    """faiss IndexFlatIP over the bank's codes, dequantised and scaled to unit length (a copy):
+    what the bank's cosine search is compared with."""
+    codes = bank.codes_at(torch.arange(bank.capacity))
+    index = faiss.IndexFlatIP(bank.m)
+    index.add(torch.nn.functional.normalize(codes, dim=1).numpy())
+    return index
+
+
 def bench_read(
     n: int, m: int, batches: list[int], reps: int, budget_s: float
 ) -> list[dict[str, Any]]:
     bank = make_bank(n, m, seed=n + m)
-    index = faiss.IndexFlatIP(m)
-    # the bank's own codes, unit-length
-    index.add(torch.nn.functional.normalize(bank.codes_at(torch.arange(n)), dim=1).numpy())
+    index = flat_index(bank)
     g = torch.Generator().manual_seed(1)
     rows = []
     for b in batches:
@@ -162,9 +173,7 @@ def bench_dtypes(n: int, m: int, reps: int, budget_s: float) -> list[dict[str, A
         bank.assign(torch.arange(n), z)
         scanned = bank.codes.numel() * bank.codes.element_size() + n * 4  # + inverse norms
         floor_buf = torch.randn(scanned // 4, generator=g)
-        unit = torch.nn.functional.normalize(bank.codes_at(torch.arange(n)), dim=1)
-        index = faiss.IndexFlatIP(m)
-        index.add(unit.numpy())
+        index = flat_index(bank)
         ours = bank.search(q256[:8])[0][:, 0].numpy()
         _, theirs = index.search(torch.nn.functional.normalize(q256[:8], dim=1).numpy(), 1)
         assert (ours == theirs[:, 0]).mean() >= 0.75, "bank and faiss disagree on top-1"
@@ -304,8 +313,7 @@ def bench_copies(n: int, m: int, reps: int) -> list[dict[str, Any]]:
             bank.assign(torch.randperm(n, generator=g)[: n // 1000], item.repeat(n // 1000, 1))
             for q in batches[::4]:
                 q[0] = item + 0.01 * torch.randn(m, generator=g)
-        index = faiss.IndexFlatIP(m)
-        index.add(torch.nn.functional.normalize(bank.codes_at(torch.arange(n)), dim=1).numpy())
+        index = flat_index(bank)
         for k in (1, 3, 32):
             ours, theirs = [], []
             for q in batches:
@@ -432,8 +440,7 @@ def render(report: dict[str, Any]) -> str:
         "7-12 ms median), and a query keeping more than a quarter of the chunks sent its whole "
         "batch to 16 single reads (67-76 ms); now that query alone is read by itself.",
         "",
-        "| N | items x copies | k | bank ms (median) | bank ms (slowest) | slowest / median "
-        "| faiss ms | faiss / bank |",
+        COPIES_HEADER,
         "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in c:
@@ -547,10 +554,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             report["read"] += bench_read(n, m, [1, 16, 256], reps, budget_s)
 
     copies_n = 100_000 if args.quick else 1_000_000
-    print(
-        "\n| N | items x copies | k | bank ms (median) | bank ms (slowest) | slowest / median "
-        "| faiss ms | faiss / bank |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
-    )
+    print(f"\n{COPIES_HEADER}\n|---:|---|---:|---:|---:|---:|---:|---:|")
     report["copies"] = bench_copies(copies_n, 16, reps)
 
     snap_n = 100_000 if args.quick else 1_000_000

@@ -264,8 +264,9 @@ def _candidates(
             f = found.numpy()
             alone = (f < 0).any(axis=1) | ~allowed.numpy()[np.maximum(f, 0)].all(axis=1)
             for row in np.flatnonzero(alone).tolist():
-                q = qs[row]
-                found[row] = _single(q, codes, inv, allowed, k, block, True, None, dot, spread)[0]
+                found[row] = _single(
+                    qs[row], codes, inv, allowed, k, block, zero_free, decode, dot, spread
+                )[0]
             return found
     if b == 1 or fused:  # one pass per query: the same answer
         one = [
