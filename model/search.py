@@ -273,6 +273,22 @@ def _candidates(
             _single(q, codes, inv, allowed, k, block, zero_free, decode, dot, spread) for q in qs
         ]
         return torch.cat(one)
+    return _blocked(qs, codes, inv, allowed, k, block, decode)
+
+
+def _blocked(
+    qs: Tensor,
+    codes: Tensor,
+    inv: Tensor,
+    allowed: Tensor,
+    k: int,
+    block: list[Tensor],
+    decode: Callable[[Tensor], Tensor] | None,
+) -> Tensor:
+    """`_candidates` for a batch without a compiled pass: torch matrix products over blocks
+    of rows (cast or decoded to float32 into `block`'s buffer), each block's top k kept, then
+    the top k of those."""
+    b = qs.shape[0]
     n, m = codes.shape[0], qs.shape[1]
     cast = decode is None and codes.dtype != torch.float32
     rows = max(k, BLOCK_ELEMENTS // b)
